@@ -1,0 +1,232 @@
+/**
+ * The storage-backend interface: blkback's view of a disk.
+ *
+ * blkback copies a `blkif_request` out of its ring, validates it, maps the
+ * segments' grants (or finds them in its persistent cache) and then hands the store
+ * one {@link StorageRequest}: an operation, a byte offset and an I/O vector of views
+ * into the mapped pages. Each view is a `Uint8Array` over part of one 4096-byte,
+ * SharedArrayBuffer-backed page (`first_sect..last_sect` of a segment), so a store
+ * reads or writes the frontend's pages directly — with `readv`/`writev` for a file —
+ * and never copies through a bounce buffer of its own.
+ *
+ * A store answers in one of two ways (DESIGN.md, "Layers": a synchronous fast path
+ * and asynchronous completion by request id):
+ * - **synchronously**: {@link StorageBackend.submit} returns the blkif status
+ *   (`BLKIF_RSP_OKAY` 0, `BLKIF_RSP_ERROR` -1, `BLKIF_RSP_EOPNOTSUPP` -2) and the
+ *   request is finished when it returns; blkback writes the response at once;
+ * - **asynchronously**: `submit` returns {@link STORAGE_PENDING} and later calls the
+ *   completion handler with the request's `id` and its status. Completions may come
+ *   in any order (a store may answer late and out of order), exactly as a Linux
+ *   block device may complete bios out of order; blkback keeps the request's state
+ *   (grants mapped, blkif `id` and `operation`) until then. The handler is never
+ *   called from inside `submit`.
+ *
+ * Units: every offset and length in this interface is in **bytes**. blkif speaks in
+ * 512-byte sectors (`sector_number`, `first_sect`, `last_sect`, `sectors` — always
+ * 512-byte units, whatever `sector-size` says; xen-pv-abi.md §2.3); blkback
+ * multiplies by {@link SECTOR_SIZE} before calling the store. A store of
+ * `sizeBytes` bytes exposes `floor(sizeBytes / 512)` sectors; a trailing partial
+ * sector is not addressable.
+ *
+ * Errors: I/O failures never throw out of `submit`; they are answered with -1 and
+ * counted. Only pvio's own bugs (a pending request without a completion handler, a
+ * duplicate in-flight id) throw, through `invariant()`. Opening or creating a store
+ * throws {@link StorageError}.
+ *
+ * @see xen/include/public/io/blkif.h (`BLKIF_OP_*`, `BLKIF_RSP_*`)
+ */
+
+import { getSystemErrorMap } from 'node:util';
+import { PvioError } from '../rings/errors.ts';
+
+/** Bytes per blkif sector. blkif sector numbers and counts are always in these units. */
+export const SECTOR_SIZE = 512;
+
+/**
+ * What a request asks of the store:
+ * - `'read'`: fill the I/O vector from the disk (`BLKIF_OP_READ`);
+ * - `'write'`: copy the I/O vector to the disk (`BLKIF_OP_WRITE`);
+ * - `'flush'`: make every write that has *completed* before this request durable
+ *   (`BLKIF_OP_FLUSH_DISKCACHE`; blkback also maps a dataless `WRITE_BARRIER` here
+ *   after draining its in-flight writes).
+ */
+export type StorageOp = 'read' | 'write' | 'flush';
+
+/** One request handed from blkback to a store. */
+export interface StorageRequest {
+  /**
+   * blkback's id for this request, echoed in the completion; unique among in-flight
+   * requests of one store. Not the frontend's blkif `id` (which a hostile frontend
+   * may repeat): blkback keeps the mapping.
+   */
+  readonly id: number;
+  /** The operation; see {@link StorageOp}. */
+  readonly op: StorageOp;
+  /** Byte offset into the disk, a multiple of 512 ({@link SECTOR_SIZE}); 0 for flush. */
+  readonly offset: number;
+  /**
+   * I/O vector: views into mapped pages (SharedArrayBuffer-backed), in disk order.
+   * Their total length in bytes is a multiple of 512; empty for flush. A read fills
+   * every byte of every view; a write stores every byte.
+   */
+  readonly iov: readonly Uint8Array[];
+}
+
+/** `BLKIF_RSP_OKAY`: the request succeeded. */
+export const STORAGE_OKAY = 0;
+/** `BLKIF_RSP_ERROR`: the request failed (I/O error, out of range, read-only store...). */
+export const STORAGE_ERROR = -1;
+/** `BLKIF_RSP_EOPNOTSUPP`: the store does not implement this operation. */
+export const STORAGE_EOPNOTSUPP = -2;
+
+/**
+ * Status as blkif answers it: 0 = `BLKIF_RSP_OKAY`, -1 = `BLKIF_RSP_ERROR`,
+ * -2 = `BLKIF_RSP_EOPNOTSUPP`. blkback copies it into `blkif_response.status` (i16).
+ */
+export type StorageStatus = 0 | -1 | -2;
+
+/**
+ * Returned by {@link StorageBackend.submit} when the request will be answered later,
+ * through the completion handler. Positive, so it can never be mistaken for a blkif
+ * status (all of which are ≤ 0).
+ */
+export const STORAGE_PENDING = 1;
+
+/** What {@link StorageBackend.submit} returns: a final status, or {@link STORAGE_PENDING}. */
+export type StorageSubmitResult = StorageStatus | typeof STORAGE_PENDING;
+
+/**
+ * The completion callback for requests answered {@link STORAGE_PENDING}: `id` is the
+ * request's {@link StorageRequest.id}, `status` its final blkif status. It must not
+ * throw (an exception escapes into the store's I/O callback); it may call `submit`.
+ */
+export type StorageCompletionHandler = (id: number, status: StorageStatus) => void;
+
+/**
+ * Counters a store keeps for benchmarks and tests. Every field only grows.
+ * - `reads`, `writes`, `flushes`: requests submitted, by op (counted at submit, so a
+ *   request that fails still counts);
+ * - `bytesRead`, `bytesWritten`: bytes moved by *successful* reads and writes
+ *   (zero-filled bytes of a read past end of file count as read);
+ * - `errors`: requests answered -1 or -2.
+ */
+export interface StorageCounters {
+  reads: number;
+  writes: number;
+  flushes: number;
+  /** bytes, not sectors */
+  bytesRead: number;
+  /** bytes, not sectors */
+  bytesWritten: number;
+  errors: number;
+}
+
+/** A fresh, all-zero {@link StorageCounters}. */
+export function newStorageCounters(): StorageCounters {
+  return { reads: 0, writes: 0, flushes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+}
+
+/**
+ * A disk as blkback sees it. Implementations in this folder: `RawFileStore`
+ * (`raw-file-store.ts`, a raw image file) and `MemoryStore` (`memory-store.ts`, an
+ * in-memory disk with optional delayed and reordered completion for tests).
+ */
+export interface StorageBackend {
+  /**
+   * Size in bytes. The disk exposes `floor(sizeBytes / 512)` sectors (the blkif
+   * `sectors` key); requests must lie inside `[0, floor(sizeBytes/512) * 512)`.
+   */
+  readonly sizeBytes: number;
+  /** True when writes are refused (answered -1); blkback advertises `mode = "r"` and `VDISK_READONLY`. */
+  readonly readOnly: boolean;
+  /** True when flush makes earlier completed writes durable (advertised as `feature-flush-cache`). */
+  readonly canFlush: boolean;
+  /**
+   * Sets the callback for requests answered {@link STORAGE_PENDING}. Called once by
+   * blkback before any submit; a later call replaces the handler.
+   */
+  setCompletionHandler(done: StorageCompletionHandler): void;
+  /**
+   * Executes or queues `req`. Returns its status when done synchronously, or
+   * {@link STORAGE_PENDING} when it will call the completion handler later (possibly
+   * out of order, never from inside this call). Never throws for I/O errors or bad
+   * requests (answers -1: out of range, unaligned, write to a read-only store,
+   * submitted after close; -2: unknown op). Throws `InvariantError` only for
+   * blkback's own bugs (an id already in flight; pending without a handler).
+   */
+  submit(req: StorageRequest): StorageSubmitResult;
+  /**
+   * Waits for pending requests (their completions are still delivered), then closes
+   * files. Idempotent: later calls return the same promise. Submits after close
+   * answer -1.
+   */
+  close(): Promise<void>;
+  /** Counters: requests by op, bytes read and written, errors. See {@link StorageCounters}. */
+  readonly counters: StorageCounters;
+}
+
+/** Total length in bytes of an I/O vector. */
+export function iovBytes(iov: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const v of iov) n += v.byteLength;
+  return n;
+}
+
+/**
+ * Checks a request against a disk of `sizeBytes` bytes before any I/O, so every store
+ * refuses the same things the same way. Returns 0 if the request may proceed, -1
+ * if it must be answered `BLKIF_RSP_ERROR` (bad id, offset not a non-negative
+ * multiple of 512, length not a multiple of 512, range past the last whole sector,
+ * a flush that carries data, a write to a read-only store) or -2 for an unknown op.
+ * Never throws.
+ */
+export function checkStorageRequest(req: StorageRequest, sizeBytes: number, readOnly: boolean): StorageStatus {
+  if (!Number.isSafeInteger(req.id)) return STORAGE_ERROR;
+  if (req.op === 'flush') return req.iov.length === 0 ? STORAGE_OKAY : STORAGE_ERROR;
+  if (req.op !== 'read' && req.op !== 'write') return STORAGE_EOPNOTSUPP;
+  if (req.op === 'write' && readOnly) return STORAGE_ERROR;
+  const { offset } = req;
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset % SECTOR_SIZE !== 0) return STORAGE_ERROR;
+  if (!Array.isArray(req.iov)) return STORAGE_ERROR;
+  for (const v of req.iov) if (!(v instanceof Uint8Array)) return STORAGE_ERROR;
+  const len = iovBytes(req.iov);
+  if (len % SECTOR_SIZE !== 0) return STORAGE_ERROR;
+  const limit = Math.floor(sizeBytes / SECTOR_SIZE) * SECTOR_SIZE;
+  if (offset > limit || len > limit - offset) return STORAGE_ERROR;
+  return STORAGE_OKAY;
+}
+
+/**
+ * Opening, creating or sizing a store failed. `code` is always `PVIO_ERR_STORAGE`;
+ * `path` names the file and `errno` the system error name (`'ENOENT'`, `'EACCES'`,
+ * `'EISDIR'`, `'EINVAL'`...) when there is one. The message reads like
+ * `cannot open /x/y: ENOENT (no such file or directory)`.
+ */
+export class StorageError extends PvioError {
+  /** The file the failed operation was on. */
+  readonly path: string;
+  /** System error name, e.g. `'ENOENT'`; undefined when the failure had none. */
+  readonly errno: string | undefined;
+  /** `message` is the whole message; prefer {@link StorageError.fromSystemError} for `fs` failures. */
+  constructor(path: string, errno: string | undefined, message: string, options?: { cause?: unknown }) {
+    super('PVIO_ERR_STORAGE', message, options);
+    this.path = path;
+    this.errno = errno;
+  }
+
+  /**
+   * Wraps a Node `fs` error raised while doing `action` (`'open'`, `'create'`...) on
+   * `path`: `cannot <action> <path>: <ERRNO> (<description>)`. The original error is
+   * kept as `cause`.
+   */
+  static fromSystemError(action: string, path: string, err: unknown): StorageError {
+    const e = err as { code?: unknown; errno?: unknown; message?: unknown };
+    const name = typeof e?.code === 'string' ? e.code : undefined;
+    let description: string | undefined;
+    if (typeof e?.errno === 'number') description = getSystemErrorMap().get(e.errno)?.[1];
+    let what: string;
+    if (name !== undefined) what = description !== undefined ? `${name} (${description})` : name;
+    else what = typeof e?.message === 'string' ? e.message : String(err);
+    return new StorageError(path, name, `cannot ${action} ${path}: ${what}`, { cause: err });
+  }
+}

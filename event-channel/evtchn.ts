@@ -1,0 +1,362 @@
+/**
+ * Event channels, guest side (DESIGN.md, decision 3).
+ *
+ * Setup (`alloc_unbound`, `bind_interdomain`, `close`, `status`) is a hypercall.
+ * `send` is not: for each bound port the hypervisor handed this domain the event
+ * *pair page* it shares with the remote domain (receiver = remote, sender = us) and
+ * the remote vCPU's *wake page*. {@link EventChannels.notify} sets the remote port's
+ * bit and its selector bit in the pair page, then bumps and notifies the wake word.
+ *
+ * Receiving: the kernel's idle loop wakes on its vCPU's wake word and calls
+ * {@link EventChannels.fold}, which swaps each pair page's selector and pending words
+ * with 0 and folds the bits into this domain's private `shared_info` (pending bit,
+ * then — if unmasked — the vCPU's selector bit and `evtchn_upcall_pending`), exactly
+ * as Xen's `evtchn_set_pending` would. Bits for ports not bound to that sender are
+ * a peer's garbage: counted as spurious and dropped. {@link EventChannels.dispatch}
+ * is Linux's `xen_evtchn_do_upcall`: clear `upcall_pending`, swap the selector with
+ * 0, scan `pending & ~mask`, clear each pending bit before calling its handler.
+ * Masking is local; unmask re-checks pending and re-raises (Xen's `evtchn_unmask`).
+ *
+ * @see xen/include/public/event_channel.h, xen/common/event_2l.c
+ */
+import { invariant } from '../rings/errors.ts';
+import {
+  DOMID_SELF, EVTCHNOP, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG,
+  EVTCHN_STATUS, EVTCHNSTAT, HYPERVISOR, NR_EVENT_CHANNELS, SHARED_INFO, VCPU_INFO, WAKE_PAGE, XEN_ERRNO,
+  type DomId, type EvtchnPort,
+} from '../hypervisor/abi.ts';
+import type { BindingInfo, PortInfo } from '../hypervisor/hypervisor.ts';
+import { HypercallPort } from '../hypervisor/hypercall.ts';
+import { PvioError } from '../rings/errors.ts';
+
+const PAIR_PENDING_I32 = EVTCHN_PAIR_PAGE.fields.pending.offset >> 2;
+const PAIR_SEL_I32 = EVTCHN_PAIR_PAGE.fields.sel.offset >> 2;
+const PAIR_SEL_WORDS = EVTCHN_PAIR_PAGE.fields.sel.size >> 2;
+const SI_PENDING_I32 = SHARED_INFO.fields.evtchn_pending.offset >> 2;
+const SI_MASK_I32 = SHARED_INFO.fields.evtchn_mask.offset >> 2;
+const VI_WORDS = VCPU_INFO.size >> 2;
+const VI_SEL_I32 = VCPU_INFO.fields.evtchn_pending_sel.offset >> 2;
+const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
+/** Byte 0 of vcpu_info word 0 is evtchn_upcall_pending; byte 1 is evtchn_upcall_mask. */
+const UPCALL_PENDING_BITS = 0xff;
+const UPCALL_MASK_BITS = 0xff00;
+
+/** An event-channel hypercall failed; `errno` is Xen's (`EINVAL`, `ESRCH`, ...). */
+export class EvtchnError extends PvioError {
+  constructor(readonly op: string, readonly errno: number) {
+    super('PVIO_ERR_EVTCHN', `${op} failed: ${errnoName(errno)}`);
+  }
+}
+function errnoName(n: number): string {
+  return Object.entries(XEN_ERRNO).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
+}
+
+/** A handler called once per delivered event on its port (Linux's irq handler). */
+export type EvtchnHandler = (port: EvtchnPort) => void;
+
+interface Binding {
+  remoteDom: DomId;
+  remotePort: number;
+  send: Int32Array;
+  remoteWake: Int32Array;
+}
+
+/** Status of a port, as `EVTCHNOP_status` answers it. */
+export interface EvtchnStatus {
+  /** One of `EVTCHNSTAT` (closed 0, unbound 1, interdomain 2). */
+  readonly status: number;
+  readonly vcpu: number;
+  readonly remoteDom: number;
+  readonly remotePort: number;
+}
+
+/** One domain's event channels, as seen from one of its vCPU workers. */
+export class EventChannels {
+  private readonly si: Int32Array;
+  private readonly bindings = new Map<number, Binding>();
+  private readonly recvPages = new Map<number, Int32Array>();
+  private readonly handlers = new Map<number, EvtchnHandler>();
+  private readonly myVi: number;
+  /** Counters: sends that notified, sends suppressed (bit already pending), sends on unbound ports, upcalls, events dispatched, spurious bits. */
+  readonly counters = { sent: 0, suppressed: 0, dropped: 0, upcalls: 0, dispatched: 0, spurious: 0 };
+
+  constructor(
+    private readonly hc: HypercallPort,
+    sharedInfo: SharedArrayBuffer,
+    private readonly vcpuId: number,
+    private readonly ownWake: Int32Array[],
+  ) {
+    this.si = new Int32Array(sharedInfo, 0, SHARED_INFO.size >> 2);
+    this.myVi = vcpuId * VI_WORDS;
+  }
+
+  // ---- setup (hypercalls) --------------------------------------------------
+
+  /**
+   * Allocates a port in this domain that `remoteDom` may bind to.
+   * @throws EvtchnError (ENOSPC when the table is full).
+   * @see event_channel.h EVTCHNOP_alloc_unbound
+   */
+  allocUnbound(remoteDom: number): EvtchnPort {
+    const F = EVTCHN_ALLOC_UNBOUND.fields;
+    const p = this.hc.page;
+    const o = HypercallPort.argOffset(0, EVTCHN_ALLOC_UNBOUND.size);
+    p.setUint16(o + F.dom.offset, DOMID_SELF, true);
+    p.setUint16(o + F.remote_dom.offset, remoteDom, true);
+    const { result } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.alloc_unbound, 1);
+    if (result < 0) throw new EvtchnError('EVTCHNOP_alloc_unbound', -result);
+    return p.getUint32(o + F.port.offset, true) as EvtchnPort;
+  }
+
+  /**
+   * Binds a new local port to `remotePort` of `remoteDom` (which must be unbound and
+   * allocated for us). The local port is set pending on return, as in Xen.
+   * @throws EvtchnError (EINVAL for a port not offered to us, ESRCH for no such domain).
+   * @see event_channel.h EVTCHNOP_bind_interdomain
+   */
+  bindInterdomain(remoteDom: number, remotePort: number): EvtchnPort {
+    const F = EVTCHN_BIND_INTERDOMAIN.fields;
+    const p = this.hc.page;
+    const o = HypercallPort.argOffset(0, EVTCHN_BIND_INTERDOMAIN.size);
+    p.setUint16(o + F.remote_dom.offset, remoteDom, true);
+    p.setUint32(o + F.remote_port.offset, remotePort, true);
+    const { result, info } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.bind_interdomain, 1);
+    if (result < 0) throw new EvtchnError('EVTCHNOP_bind_interdomain', -result);
+    for (const i of info) this.applyInfo(i);
+    return p.getUint32(o + F.local_port.offset, true) as EvtchnPort;
+  }
+
+  /**
+   * Closes a local port; an interdomain peer's end returns to unbound.
+   * @throws EvtchnError (EINVAL for a port that is not open).
+   * @see event_channel.h EVTCHNOP_close
+   */
+  close(port: EvtchnPort): void {
+    this.handlers.delete(port);
+    const o = HypercallPort.argOffset(0, EVTCHN_PORT_ARG.size);
+    this.hc.page.setUint32(o + EVTCHN_PORT_ARG.fields.port.offset, port, true);
+    const { result, info } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.close, 1);
+    for (const i of info) this.applyInfo(i);
+    if (result < 0) throw new EvtchnError('EVTCHNOP_close', -result);
+  }
+
+  /**
+   * Asks the hypervisor for a port's state.
+   * @throws EvtchnError (EINVAL for a port number out of range).
+   * @see event_channel.h EVTCHNOP_status
+   */
+  status(port: number, dom: number = DOMID_SELF): EvtchnStatus {
+    const F = EVTCHN_STATUS.fields;
+    const p = this.hc.page;
+    const o = HypercallPort.argOffset(0, EVTCHN_STATUS.size);
+    p.setUint16(o + F.dom.offset, dom, true);
+    p.setUint32(o + F.port.offset, port, true);
+    const { result } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.status, 1);
+    if (result < 0) throw new EvtchnError('EVTCHNOP_status', -result);
+    return {
+      status: p.getUint32(o + F.status.offset, true),
+      vcpu: p.getUint32(o + F.vcpu.offset, true),
+      remoteDom: p.getUint16(o + F.remote_dom.offset, true),
+      remotePort: p.getUint32(o + F.remote_port.offset, true),
+    };
+  }
+
+  /** Applies binding info the hypervisor sent (in an answer or a push). */
+  applyInfo(i: BindingInfo | PortInfo): void {
+    if (i.kind === 'bound') {
+      const send = new Int32Array(this.hc.frames.page(i.sendPage).buffer, this.hc.frames.page(i.sendPage).byteOffset, EVTCHN_PAIR_PAGE.size >> 2);
+      const wake = this.hc.frames.page(i.remoteWake);
+      this.bindings.set(i.port, {
+        remoteDom: i.remoteDom as DomId, remotePort: i.remotePort, send,
+        remoteWake: new Int32Array(wake.buffer, wake.byteOffset, 1),
+      });
+      if (!this.recvPages.has(i.remoteDom)) {
+        const r = this.hc.frames.page(i.recvPage);
+        this.recvPages.set(i.remoteDom, new Int32Array(r.buffer, r.byteOffset, EVTCHN_PAIR_PAGE.size >> 2));
+      }
+    } else {
+      this.bindings.delete(i.port);
+      if (i.kind === 'closed') this.handlers.delete(i.port);
+    }
+  }
+
+  /** Whether `port` is bound to a peer (sends reach someone). */
+  isBound(port: number): boolean {
+    return this.bindings.has(port);
+  }
+
+  // ---- the fast path ---------------------------------------------------------
+
+  /**
+   * Sends an event on a local interdomain port: sets the remote port's bit in the
+   * pair page and wakes the remote vCPU. If the bit was already set, the earlier
+   * sender's wake-up is still due and this one is suppressed (counted). A send on an
+   * unbound port is dropped silently, as in Xen.
+   * @see event_channel.h EVTCHNOP_send
+   */
+  notify(port: EvtchnPort): void {
+    let b = this.bindings.get(port);
+    if (!b) {
+      this.hc.drainPushes(); // the peer may have bound it a moment ago
+      b = this.bindings.get(port);
+      if (!b) {
+        this.counters.dropped++;
+        return;
+      }
+    }
+    const rp = b.remotePort;
+    const bit = 1 << (rp & 31);
+    // The pending bit must be visible before the selector bit and the wake bump.
+    const old = Atomics.or(b.send, PAIR_PENDING_I32 + (rp >> 5), bit);
+    if (old & bit) {
+      this.counters.suppressed++;
+      return;
+    }
+    Atomics.or(b.send, PAIR_SEL_I32 + (rp >> 10), 1 << ((rp >> 5) & 31));
+    Atomics.add(b.remoteWake, I_WAKE, 1);
+    Atomics.notify(b.remoteWake, I_WAKE, 1);
+    this.counters.sent++;
+  }
+
+  /** Registers the handler for `port` (replacing any earlier one). */
+  on(port: EvtchnPort, handler: EvtchnHandler): void {
+    this.handlers.set(port, handler);
+  }
+
+  /** Removes the handler of `port`. */
+  off(port: EvtchnPort): void {
+    this.handlers.delete(port);
+  }
+
+  /** Masks `port`: it may become pending but is not dispatched until unmasked. */
+  mask(port: EvtchnPort): void {
+    Atomics.or(this.si, SI_MASK_I32 + (port >> 5), 1 << (port & 31));
+  }
+
+  /**
+   * Unmasks `port` and, if it is pending, raises the upcall again (edges that came
+   * while masked are not lost). @see xen/common/event_2l.c evtchn_2l_unmask
+   */
+  unmask(port: EvtchnPort): void {
+    const bit = 1 << (port & 31);
+    Atomics.and(this.si, SI_MASK_I32 + (port >> 5), ~bit);
+    if (Atomics.load(this.si, SI_PENDING_I32 + (port >> 5)) & bit) this.raise(port, 0);
+  }
+
+  /** Virtual cli/sti: `evtchn_upcall_mask` of this vCPU. */
+  setUpcallMask(masked: boolean): void {
+    if (masked) Atomics.or(this.si, this.myVi, UPCALL_MASK_BITS);
+    else Atomics.and(this.si, this.myVi, ~UPCALL_MASK_BITS);
+  }
+
+  // ---- receiving -------------------------------------------------------------
+
+  /**
+   * Folds every pair page into shared_info. Only bits of ports bound to that
+   * sender count; the rest is a peer's garbage (counted as spurious).
+   * @returns how many events were folded.
+   */
+  fold(): number {
+    let n = 0;
+    for (const [sender, page] of this.recvPages) {
+      for (let s = 0; s < PAIR_SEL_WORDS; s++) {
+        if (Atomics.load(page, PAIR_SEL_I32 + s) === 0) continue;
+        let sel = Atomics.exchange(page, PAIR_SEL_I32 + s, 0);
+        while (sel !== 0) {
+          const b = 31 - Math.clz32(sel);
+          sel &= ~(1 << b);
+          const w = s * 32 + b;
+          let bits = Atomics.exchange(page, PAIR_PENDING_I32 + w, 0);
+          while (bits !== 0) {
+            const bb = 31 - Math.clz32(bits);
+            bits &= ~(1 << bb);
+            const port = w * 32 + bb;
+            if (this.bindings.get(port)?.remoteDom !== sender) {
+              this.counters.spurious++;
+              continue;
+            }
+            this.setPending(port);
+            n++;
+          }
+        }
+      }
+    }
+    return n;
+  }
+
+  /** Xen's `evtchn_set_pending` on our own shared_info. */
+  private setPending(port: number): void {
+    const bit = 1 << (port & 31);
+    const old = Atomics.or(this.si, SI_PENDING_I32 + (port >> 5), bit);
+    if (old & bit) return;
+    if (Atomics.load(this.si, SI_MASK_I32 + (port >> 5)) & bit) return;
+    this.raise(port, 0);
+  }
+
+  /** Sets the selector bit and upcall_pending of `vcpu` for `port`, kicking it if it is not us. */
+  private raise(port: number, vcpu: number): void {
+    const vi = vcpu * VI_WORDS;
+    const sel = port >> 6;
+    Atomics.or(this.si, vi + VI_SEL_I32 + (sel >> 5), 1 << (sel & 31));
+    Atomics.or(this.si, vi, 1);
+    if (vcpu !== this.vcpuId) {
+      const w = this.ownWake[vcpu];
+      invariant(w, `no wake page for vcpu ${vcpu}`);
+      Atomics.add(w, I_WAKE, 1);
+      Atomics.notify(w, I_WAKE, 1);
+    }
+  }
+
+  /**
+   * The upcall: dispatches every pending, unmasked port of this vCPU to its handler,
+   * clearing each pending bit before its handler runs. Does nothing while the
+   * vCPU's upcall mask is set.
+   * @returns how many events were dispatched.
+   */
+  dispatch(): number {
+    const w0 = Atomics.load(this.si, this.myVi);
+    if ((w0 & UPCALL_PENDING_BITS) === 0 || (w0 & UPCALL_MASK_BITS) !== 0) return 0;
+    this.counters.upcalls++;
+    let n = 0;
+    // Clear upcall_pending first, so an event raised while we scan raises it again.
+    Atomics.and(this.si, this.myVi, ~UPCALL_PENDING_BITS);
+    for (let half = 0; half < 2; half++) {
+      let sel = Atomics.exchange(this.si, this.myVi + VI_SEL_I32 + half, 0);
+      while (sel !== 0) {
+        const b = 31 - Math.clz32(sel);
+        sel &= ~(1 << b);
+        const l1 = half * 32 + b; // one selector bit covers 64 ports = two u32 words
+        for (let k = 0; k < 2; k++) {
+          const w = l1 * 2 + k;
+          let bits = Atomics.load(this.si, SI_PENDING_I32 + w) & ~Atomics.load(this.si, SI_MASK_I32 + w);
+          while (bits !== 0) {
+            const bb = 31 - Math.clz32(bits);
+            bits &= ~(1 << bb);
+            Atomics.and(this.si, SI_PENDING_I32 + w, ~(1 << bb));
+            const port = (w * 32 + bb) as EvtchnPort;
+            n++;
+            const h = this.handlers.get(port);
+            if (h) h(port);
+          }
+        }
+      }
+    }
+    this.counters.dispatched += n;
+    return n;
+  }
+
+  /** Whether the upcall of this vCPU is pending (work for {@link dispatch}). */
+  upcallPending(): boolean {
+    return (Atomics.load(this.si, this.myVi) & UPCALL_PENDING_BITS) !== 0;
+  }
+
+  /** Ports with a binding to a peer, for teardown. */
+  boundPorts(): number[] {
+    return [...this.bindings.keys()];
+  }
+
+  /** `EVTCHNSTAT` values re-exported for callers. */
+  static readonly STAT = EVTCHNSTAT;
+  /** Largest port number + 1. */
+  static readonly NR_PORTS = NR_EVENT_CHANNELS;
+}

@@ -1,0 +1,923 @@
+/**
+ * The hypervisor: frame table, domains, hypercall dispatch, grant validation and
+ * copy, event-channel setup. One instance runs in the hypervisor worker thread
+ * (hypervisor/main.ts); tests may also drive it directly.
+ *
+ * Hypercalls (DESIGN.md, decision 2): a vCPU writes Xen's argument structs into its
+ * hypercall page, stores `state = PENDING`, bumps the single wake-up word and blocks.
+ * {@link Hypervisor.serviceOnce} scans every vCPU's page round-robin, copies the
+ * arguments once into private memory before validating them, does at most
+ * {@link MAX_OPS_PER_SLICE} entries of a batch (a longer batch answers with progress
+ * and `preempted = 1`, and the guest re-issues the rest, like Xen's continuations),
+ * posts any frame handles on the vCPU's MessagePort, and only then stores
+ * `state = DONE` and notifies.
+ *
+ * The data path never comes here: event sends and ring traffic go straight between
+ * domains (decision 3). Grant map/unmap/copy do come here — the cost persistent
+ * grants exist to avoid.
+ */
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { invariant } from '../rings/errors.ts';
+import { readU64, writeU64 } from '../rings/layout.ts';
+import {
+  DOMID_SELF, DOMID_XEN, EVTCHNOP, EVTCHNSTAT, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN,
+  EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG, EVTCHN_STATUS, GNTCOPY, GNTMAP, GNTST, GNTTABOP,
+  GNTTAB_COPY, GNTTAB_MAP_GRANT_REF, GNTTAB_QUERY_SIZE, GNTTAB_RESERVED_CONSOLE,
+  GNTTAB_RESERVED_XENSTORE, GNTTAB_UNMAP_GRANT_REF, GRANT_ENTRY_V1, GRANT_ENTRIES_PER_FRAME,
+  GTF, HC_ARGS_BYTES, HC_ARGS_OFFSET, HC_STATE, HYPERCALL_NAME, HYPERCALL_PAGE, HYPERVISOR,
+  NR_EVENT_CHANNELS, PAGE_SIZE, SCHEDOP, SCHED_SHUTDOWN, SHARED_INFO, SHUTDOWN, VCPU_INFO,
+  WAKE_PAGE, XENMEM, XEN_ERRNO, XEN_MEMORY_RESERVATION, type DomId, type Mfn,
+} from './abi.ts';
+import { FrameTable, type ExtentHandle, type Frame } from './frames.ts';
+import type { BootInfo } from './boot.ts';
+
+/** Most entries of one batched hypercall served before the rest is re-issued. */
+export const MAX_OPS_PER_SLICE = 64;
+/** Bounded retries of the grant-entry compare-exchange, as Xen's `_set_status_v1`. */
+export const GNT_CAS_RETRIES = 4;
+/** Grant-table frames per domain (one extent): 4 frames = 2048 v1 entries. */
+export const GRANT_TABLE_ORDER = 2;
+
+const HC = HYPERCALL_PAGE.fields;
+const I_STATE = HC.state.offset >> 2;
+const I_PUSHSEQ = HC.pushSeq.offset >> 2;
+const I_PAUSED = HC.paused.offset >> 2;
+const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
+const GE_FRAME = GRANT_ENTRY_V1.fields.frame.offset;
+const PAIR_PENDING_I32 = EVTCHN_PAIR_PAGE.fields.pending.offset >> 2;
+const PAIR_SEL_I32 = EVTCHN_PAIR_PAGE.fields.sel.offset >> 2;
+const SI_PENDING_I32 = SHARED_INFO.fields.evtchn_pending.offset >> 2;
+const SI_MASK_I32 = SHARED_INFO.fields.evtchn_mask.offset >> 2;
+
+/** Lifecycle of a domain. */
+export type DomainState = 'paused' | 'running' | 'dying' | 'dead';
+
+/** An event channel end in the hypervisor's table. */
+interface Evtchn {
+  state: 'unbound' | 'interdomain';
+  remoteDom: DomId;
+  remotePort: number;
+  vcpu: number;
+}
+
+/** A grant mapping held by a domain (its maptrack entry). */
+interface MapTrack {
+  granter: DomId;
+  ref: number;
+  readonly: boolean;
+  mfn: Mfn;
+}
+
+/** Pin counts of one grant entry (Xen's active grant entry). */
+interface ActiveGrant {
+  readPins: number;
+  writePins: number;
+  mfn: Mfn;
+}
+
+/** One vCPU as the hypervisor sees it. */
+interface Vcpu {
+  readonly domid: DomId;
+  readonly id: number;
+  readonly hcFrame: Frame;
+  readonly hc: Int32Array;
+  readonly hcU8: Uint8Array;
+  readonly hcDv: DataView;
+  readonly wakeFrame: Frame;
+  readonly wake: Int32Array;
+  /** Hypervisor end of the handle port. */
+  readonly port: MessagePort;
+  worker: Worker | null;
+}
+
+/** A domain in the hypervisor's table. */
+export interface Domain {
+  readonly domid: DomId;
+  readonly name: string;
+  readonly maxPages: number;
+  ramPages: number;
+  state: DomainState;
+  readonly privileged: boolean;
+  readonly vcpus: Vcpu[];
+  readonly sharedInfo: Frame;
+  readonly sharedInfoI32: Int32Array;
+  readonly grantTable: Frame;
+  readonly gtU32: Uint32Array;
+  readonly gtDv: DataView;
+  readonly nrGrantEntries: number;
+  readonly active: Map<number, ActiveGrant>;
+  readonly maptrack: Map<number, MapTrack>;
+  nextHandle: number;
+  readonly evtchns: Map<number, Evtchn>;
+  /** Event pair pages where this domain is the receiver, by sender domid. */
+  readonly pairPages: Map<DomId, Frame>;
+  shutdownReason: number | null;
+  crashError: string | null;
+  readonly store: { mfn: Mfn; port: number } | null;
+  readonly console: { mfn: Mfn; port: number } | null;
+}
+
+/** Parameters of {@link Hypervisor.createDomain}. */
+export interface CreateDomainOptions {
+  readonly name: string;
+  /** Memory quota in 4 KiB pages. */
+  readonly maxPages: number;
+  readonly vcpus: number;
+  /** Guest module (file URL or path) and its arguments. */
+  readonly guest: { module: string; args?: unknown; extra?: string };
+  /** Toolstack control channel given to the domain (transferred). */
+  readonly controlPort?: MessagePort | null;
+  /** Whether the domain is dom0 (domid 0, local XenStore, no console ring). */
+  readonly privileged?: boolean;
+  /** Resource limits for the worker (tests). */
+  readonly resourceLimits?: { maxOldGenerationSizeMb?: number };
+}
+
+/** Counters that benchmarks and the toolstack report. */
+export interface HypervisorCounters {
+  /** Hypercalls by name (each re-issue after preemption counts once more). */
+  hypercalls: Record<string, number>;
+  /** Grant ops by kind. */
+  grantMaps: number;
+  grantUnmaps: number;
+  grantCopies: number;
+  grantCopyBytes: number;
+  preemptions: number;
+  wakeups: number;
+  spins: number;
+}
+
+/** Events the hypervisor reports to its embedder (the toolstack). */
+export interface HypervisorEvents {
+  onDomainShutdown?(domid: DomId, reason: number, error: string | null): void;
+  onDomainDestroyed?(domid: DomId, reason: number, error: string | null): void;
+}
+
+/** Path of the `.mjs` bootstrap that registers tsx and imports a `.ts` entry. */
+export const WORKER_BOOTSTRAP = fileURLToPath(new URL('./worker-bootstrap.mjs', import.meta.url));
+const DOMAIN_ENTRY = new URL('./domain-main.ts', import.meta.url).href;
+
+/** The hypervisor: owns the frame table and every domain's hypervisor-side state. */
+export class Hypervisor {
+  readonly frames = new FrameTable();
+  readonly domains = new Map<number, Domain>();
+  readonly hvWakeBuffer = new SharedArrayBuffer(64);
+  readonly hvWake = new Int32Array(this.hvWakeBuffer);
+  readonly counters: HypervisorCounters = {
+    hypercalls: {}, grantMaps: 0, grantUnmaps: 0, grantCopies: 0, grantCopyBytes: 0,
+    preemptions: 0, wakeups: 0, spins: 0,
+  };
+  private readonly allVcpus: Vcpu[] = [];
+  private rr = 0;
+  private nextDomid = 1;
+  /** Pair pages by `${receiver}:${sender}`. */
+  private readonly pairs = new Map<string, Frame>();
+  /** Scratch for copied arguments (decision 2: copy once, then validate). */
+  private readonly argCopy = new Uint8Array(HC_ARGS_BYTES);
+  private readonly argDv = new DataView(this.argCopy.buffer);
+
+  constructor(readonly spinTokens: SharedArrayBuffer, readonly events: HypervisorEvents = {}) {}
+
+  // -------------------------------------------------------------------------
+  // Domain lifecycle (domctl; called by the toolstack, never by guests)
+
+  /**
+   * Creates a domain, paused, with its vCPU workers started. dom0 (privileged) gets
+   * domid 0; others count up from 1. A domU gets XenStore and console ring pages
+   * with grant refs 1 and 0 seeded for dom0 and unbound ports towards dom0, as Xen's
+   * domain builder does.
+   * @returns the new domain.
+   */
+  createDomain(opts: CreateDomainOptions): Domain {
+    const privileged = opts.privileged ?? false;
+    invariant(opts.vcpus >= 1 && opts.vcpus <= 32, 'vcpus must be 1..32');
+    const domid = (privileged ? 0 : this.nextDomid++) as DomId;
+    invariant(!this.domains.has(domid), `domain ${domid} exists`);
+    const [sharedInfo] = this.frames.alloc(domid, 0, 'shared-info');
+    const gtFrames = this.frames.alloc(domid, GRANT_TABLE_ORDER, 'grant-table');
+    const grantTable = gtFrames[0];
+    const nrGrantEntries = gtFrames.length * GRANT_ENTRIES_PER_FRAME;
+    const vcpus: Vcpu[] = [];
+    for (let v = 0; v < opts.vcpus; v++) {
+      const [hcFrame] = this.frames.alloc(domid, 0, 'hypercall');
+      const [wakeFrame] = this.frames.alloc(DOMID_XEN, 0, 'wake', [domid]);
+      const ch = new MessageChannel();
+      vcpus.push({
+        domid, id: v, hcFrame, hc: new Int32Array(hcFrame.buffer!), hcU8: new Uint8Array(hcFrame.buffer!),
+        hcDv: new DataView(hcFrame.buffer!), wakeFrame, wake: new Int32Array(wakeFrame.buffer!),
+        port: ch.port1, worker: null,
+      });
+      (vcpus[v] as { guestPort?: MessagePort }).guestPort = ch.port2;
+    }
+    const dom: Domain = {
+      domid, name: opts.name, maxPages: opts.maxPages, ramPages: 0, state: 'paused', privileged,
+      vcpus, sharedInfo, sharedInfoI32: new Int32Array(sharedInfo.buffer!), grantTable,
+      gtU32: new Uint32Array(grantTable.buffer!), gtDv: new DataView(grantTable.buffer!), nrGrantEntries,
+      active: new Map(), maptrack: new Map(), nextHandle: 1, evtchns: new Map(), pairPages: new Map(),
+      shutdownReason: null, crashError: null, store: null, console: null,
+    };
+    // Every event starts masked? No: Xen leaves masks clear; ports are unbound until allocated.
+    for (const v of vcpus) Atomics.store(v.hc, I_PAUSED, 1);
+    this.domains.set(domid, dom);
+    let store: BootInfo['store'] = null;
+    let cons: BootInfo['console'] = null;
+    if (!privileged) {
+      const [storeFrame] = this.frames.alloc(domid, 0, 'ram');
+      const [consFrame] = this.frames.alloc(domid, 0, 'ram');
+      dom.ramPages += 2;
+      this.seedGrant(dom, GNTTAB_RESERVED_CONSOLE, consFrame.mfn, 0 as DomId);
+      this.seedGrant(dom, GNTTAB_RESERVED_XENSTORE, storeFrame.mfn, 0 as DomId);
+      const storePort = this.allocUnbound(dom, 0 as DomId);
+      const consPort = this.allocUnbound(dom, 0 as DomId);
+      (dom as { store: Domain['store'] }).store = { mfn: storeFrame.mfn, port: storePort };
+      (dom as { console: Domain['console'] }).console = { mfn: consFrame.mfn, port: consPort };
+      store = { page: this.frames.give(domid, storeFrame, 'start_info.store_mfn')!, port: storePort };
+      cons = { page: this.frames.give(domid, consFrame, 'start_info.console_mfn')!, port: consPort };
+    }
+    const wakePages = vcpus.map((v) => this.frames.give(domid, v.wakeFrame, `wake page of vcpu ${v.id}`)!);
+    const si = this.frames.give(domid, sharedInfo, 'shared_info')!;
+    const gt = this.frames.give(domid, grantTable, 'grant table')!;
+    for (const v of vcpus) {
+      const guestPort = (v as { guestPort?: MessagePort }).guestPort!;
+      delete (v as { guestPort?: MessagePort }).guestPort;
+      const boot: BootInfo = {
+        domid, name: opts.name, vcpuId: v.id, nrVcpus: vcpus.length, privileged,
+        hvWake: this.hvWakeBuffer, spinTokens: this.spinTokens,
+        hypercallPage: this.frames.give(domid, v.hcFrame, `hypercall page of vcpu ${v.id}`)!,
+        wakePages, sharedInfo: si, grantTable: gt, nrGrantEntries, store, console: cons,
+        maxPages: opts.maxPages, handlePort: guestPort,
+        controlPort: v.id === 0 ? (opts.controlPort ?? null) : null,
+        guest: { module: opts.guest.module, args: opts.guest.args ?? null, extra: opts.guest.extra },
+      };
+      const transferList: MessagePort[] = [guestPort];
+      if (boot.controlPort) transferList.push(boot.controlPort);
+      const worker = new Worker(WORKER_BOOTSTRAP, {
+        workerData: { entry: DOMAIN_ENTRY, boot },
+        transferList,
+        name: `${opts.name}/vcpu${v.id}`,
+        resourceLimits: opts.resourceLimits,
+      });
+      v.worker = worker;
+      worker.on('error', (err: Error) => {
+        if (dom.state === 'dead') return;
+        dom.crashError = err?.stack ?? String(err);
+        this.shutdownDomain(dom, SHUTDOWN.crash);
+      });
+      worker.on('exit', () => {
+        v.worker = null;
+        if (dom.state !== 'dead' && dom.state !== 'dying') {
+          dom.crashError ??= `vcpu ${v.id} exited without SCHEDOP_shutdown`;
+          this.shutdownDomain(dom, SHUTDOWN.crash);
+        } else if (dom.state === 'dying' && dom.vcpus.every((x) => x.worker === null)) {
+          this.finishDestroy(dom);
+        }
+      });
+      this.allVcpus.push(v);
+    }
+    return dom;
+  }
+
+  /** Lets a paused domain run (its kernel starts or resumes dispatching events). */
+  unpause(domid: number): void {
+    const dom = this.mustGet(domid);
+    if (dom.state !== 'paused') return;
+    dom.state = 'running';
+    for (const v of dom.vcpus) {
+      Atomics.store(v.hc, I_PAUSED, 0);
+      this.kick(v);
+    }
+  }
+
+  /** Pauses a domain: its kernel stops dispatching events; its hypercalls wait. */
+  pause(domid: number): void {
+    const dom = this.mustGet(domid);
+    if (dom.state !== 'running') return;
+    dom.state = 'paused';
+    for (const v of dom.vcpus) Atomics.store(v.hc, I_PAUSED, 1);
+  }
+
+  /**
+   * Destroys a domain: stops its workers, releases the grant mappings it holds,
+   * closes its event channels (remote ends return to unbound) and frees its frames
+   * (frames still mapped by others live until their last unmap).
+   */
+  destroy(domid: number, reason: number = SHUTDOWN.poweroff): void {
+    const dom = this.domains.get(domid);
+    if (!dom || dom.state === 'dead' || dom.state === 'dying') return;
+    if (dom.shutdownReason === null) dom.shutdownReason = reason;
+    this.beginDestroy(dom);
+  }
+
+  private shutdownDomain(dom: Domain, reason: number): void {
+    if (dom.state === 'dead' || dom.state === 'dying') return;
+    dom.shutdownReason = reason;
+    this.events.onDomainShutdown?.(dom.domid, reason, dom.crashError);
+    // on_poweroff = on_crash = destroy (xl's defaults for a one-shot guest).
+    this.beginDestroy(dom);
+  }
+
+  private beginDestroy(dom: Domain): void {
+    dom.state = 'dying';
+    this.releaseDomainResources(dom);
+    const live = dom.vcpus.filter((v) => v.worker !== null);
+    if (live.length === 0) return this.finishDestroy(dom);
+    for (const v of live) void v.worker!.terminate();
+  }
+
+  private releaseDomainResources(dom: Domain): void {
+    // Release mappings this domain holds on others' grants.
+    for (const [h, m] of dom.maptrack) {
+      this.unpin(m);
+      dom.maptrack.delete(h);
+    }
+    // Close its event channels.
+    for (const port of [...dom.evtchns.keys()]) this.closePort(dom, port);
+    // Remove its vCPUs from the scan.
+    for (let i = this.allVcpus.length - 1; i >= 0; i--) if (this.allVcpus[i].domid === dom.domid) this.allVcpus.splice(i, 1);
+  }
+
+  private finishDestroy(dom: Domain): void {
+    if (dom.state === 'dead') return;
+    dom.state = 'dead';
+    for (const v of dom.vcpus) v.port.close();
+    for (const f of this.frames.ownedBy(dom.domid)) if (f.pageIndex === 0) this.frames.freeExtent(f.mfn);
+    this.frames.forgetDomain(dom.domid);
+    this.events.onDomainDestroyed?.(dom.domid, dom.shutdownReason ?? SHUTDOWN.poweroff, dom.crashError);
+  }
+
+  /** Destroys every domain and resolves once all their workers have exited. */
+  async destroyAll(timeoutMs = 10_000): Promise<void> {
+    const workers: Worker[] = [];
+    for (const d of this.domains.values()) for (const v of d.vcpus) if (v.worker) workers.push(v.worker);
+    const exits = workers.map((w) => new Promise<void>((r) => w.once('exit', () => r())));
+    for (const d of [...this.domains.values()].sort((a, b) => b.domid - a.domid)) this.destroy(d.domid);
+    await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, timeoutMs).unref())]);
+  }
+
+  private mustGet(domid: number): Domain {
+    const d = this.domains.get(domid);
+    if (!d) throw new RangeError(`no domain ${domid}`);
+    return d;
+  }
+
+  // -------------------------------------------------------------------------
+  // The hypercall service loop
+
+  /**
+   * Scans every vCPU's hypercall page once, round-robin from where the last scan
+   * stopped, and serves each pending call (one slice each).
+   * @returns the number of calls served.
+   */
+  serviceOnce(): number {
+    const n = this.allVcpus.length;
+    let served = 0;
+    for (let k = 0; k < n; k++) {
+      const v = this.allVcpus[(this.rr + k) % n];
+      if (Atomics.load(v.hc, I_STATE) !== HC_STATE.PENDING) continue;
+      const dom = this.domains.get(v.domid)!;
+      if (dom.state === 'paused' || dom.state === 'dying' || dom.state === 'dead') continue;
+      this.serve(dom, v);
+      served++;
+    }
+    if (n > 0) this.rr = (this.rr + 1) % n;
+    return served;
+  }
+
+  private serve(dom: Domain, v: Vcpu): void {
+    const dv = v.hcDv;
+    const op = dv.getUint32(HC.op.offset, true);
+    const cmd = dv.getUint32(HC.cmd.offset, true);
+    const count = dv.getUint32(HC.count.offset, true);
+    const start = dv.getUint32(HC.start.offset, true);
+    const seq = dv.getUint32(HC.seq.offset, true);
+    const name = HYPERCALL_NAME[op] ?? `hypercall_${op}`;
+    this.counters.hypercalls[name] = (this.counters.hypercalls[name] ?? 0) + 1;
+    const out: Outgoing = { handles: [], info: [] };
+    let result = 0;
+    let progress = 0;
+    let preempted = false;
+    try {
+      switch (op) {
+        case HYPERVISOR.grant_table_op:
+          ({ result, progress, preempted } = this.grantTableOp(dom, v, cmd, count, start, out));
+          break;
+        case HYPERVISOR.event_channel_op:
+          result = this.eventChannelOp(dom, v, cmd, out);
+          break;
+        case HYPERVISOR.memory_op:
+          result = this.memoryOp(dom, v, cmd, out);
+          break;
+        case HYPERVISOR.sched_op:
+          result = this.schedOp(dom, v, cmd);
+          break;
+        case HYPERVISOR.xen_version:
+          result = (4 << 16) | 17;
+          break;
+        default:
+          result = -XEN_ERRNO.ENOSYS;
+      }
+    } catch (e) {
+      // A guest's arguments may make a DataView access fail: that is its fault (EFAULT).
+      if (e instanceof RangeError) result = -XEN_ERRNO.EFAULT;
+      else throw e;
+    }
+    if (preempted) this.counters.preemptions++;
+    let posted = 0;
+    if (out.handles.length > 0 || out.info.length > 0) {
+      // Handles travel before the completion store so the guest finds them at once.
+      v.port.postMessage({ seq, handles: out.handles, info: out.info });
+      posted = 1;
+    }
+    dv.setInt32(HC.result.offset, result, true);
+    dv.setUint32(HC.progress.offset, progress, true);
+    dv.setUint32(HC.preempted.offset, preempted ? 1 : 0, true);
+    dv.setUint32(HC.posted.offset, posted, true);
+    // The completion store publishes the result fields written above.
+    Atomics.store(v.hc, I_STATE, HC_STATE.DONE);
+    Atomics.notify(v.hc, I_STATE);
+    if (dom.state === 'dying' && v.worker) void v.worker.terminate();
+  }
+
+  /** Copies `bytes` of argument structs starting at `offset` into private memory. */
+  private copyArgs(v: Vcpu, offset: number, bytes: number): DataView {
+    if (offset < 0 || bytes < 0 || offset + bytes > HC_ARGS_BYTES) throw new RangeError('arguments past the hypercall page');
+    this.argCopy.set(v.hcU8.subarray(HC_ARGS_OFFSET + offset, HC_ARGS_OFFSET + offset + bytes));
+    return this.argDv;
+  }
+
+  /** Writes an i16 status (and optional u32/u64 outs) back into the guest's page. */
+  private outDv(v: Vcpu): DataView {
+    return v.hcDv;
+  }
+
+  // -------------------------------------------------------------------------
+  // Grant tables
+
+  private grantTableOp(dom: Domain, v: Vcpu, cmd: number, count: number, start: number, out: Outgoing):
+    { result: number; progress: number; preempted: boolean } {
+    const size = cmd === GNTTABOP.map_grant_ref ? GNTTAB_MAP_GRANT_REF.size
+      : cmd === GNTTABOP.unmap_grant_ref ? GNTTAB_UNMAP_GRANT_REF.size
+        : cmd === GNTTABOP.copy ? GNTTAB_COPY.size
+          : cmd === GNTTABOP.query_size ? GNTTAB_QUERY_SIZE.size : 0;
+    if (size === 0) return { result: -XEN_ERRNO.ENOSYS, progress: 0, preempted: false };
+    if (count * size > HC_ARGS_BYTES || start > count) return { result: -XEN_ERRNO.EINVAL, progress: 0, preempted: false };
+    const end = Math.min(count, start + MAX_OPS_PER_SLICE);
+    const args = this.copyArgs(v, start * size, (end - start) * size);
+    const o = this.outDv(v);
+    for (let i = start; i < end; i++) {
+      const a = (i - start) * size;
+      const g = HC_ARGS_OFFSET + i * size;
+      switch (cmd) {
+        case GNTTABOP.map_grant_ref: this.mapGrantRef(dom, args, a, o, g, out); break;
+        case GNTTABOP.unmap_grant_ref: this.unmapGrantRef(dom, args, a, o, g); break;
+        case GNTTABOP.copy: this.grantCopy(dom, args, a, o, g); break;
+        case GNTTABOP.query_size: this.querySize(dom, args, a, o, g); break;
+      }
+    }
+    return { result: 0, progress: end, preempted: end < count };
+  }
+
+  private querySize(dom: Domain, a: DataView, ao: number, o: DataView, go: number): void {
+    const F = GNTTAB_QUERY_SIZE.fields;
+    const d = a.getUint16(ao + F.dom.offset, true);
+    const target = d === DOMID_SELF || d === dom.domid ? dom : (dom.privileged ? this.domains.get(d) : undefined);
+    if (!target) { o.setInt16(go + F.status.offset, GNTST.bad_domain, true); return; }
+    o.setUint32(go + F.nr_frames.offset, target.nrGrantEntries / GRANT_ENTRIES_PER_FRAME, true);
+    o.setUint32(go + F.max_nr_frames.offset, target.nrGrantEntries / GRANT_ENTRIES_PER_FRAME, true);
+    o.setInt16(go + F.status.offset, GNTST.okay, true);
+  }
+
+  /**
+   * Sets GTF_reading (and GTF_writing unless read-only) on `granter`'s entry `ref`
+   * for `mapper`, with one 32-bit compare-exchange over flags and domid together,
+   * retried a bounded number of times (Xen's `_set_status_v1`).
+   * @returns a GNTST code and the frame the entry names.
+   */
+  private pinGrant(granter: Domain, ref: number, mapper: DomId, readonly: boolean): { status: number; mfn: Mfn } {
+    if (ref >= granter.nrGrantEntries) return { status: GNTST.bad_gntref, mfn: 0 as Mfn };
+    const w = ref * 2; // u32 index of {flags, domid}
+    let retries = 0;
+    for (;;) {
+      const scombo = Atomics.load(granter.gtU32, w);
+      const flags = scombo & 0xffff;
+      const domid = scombo >>> 16;
+      if ((flags & GTF.type_mask) !== GTF.permit_access || domid !== mapper) return { status: GNTST.general_error, mfn: 0 as Mfn };
+      if (!readonly && (flags & GTF.readonly)) return { status: GNTST.general_error, mfn: 0 as Mfn };
+      const next = (scombo | GTF.reading | (readonly ? 0 : GTF.writing)) >>> 0;
+      if (next === scombo || Atomics.compareExchange(granter.gtU32, w, scombo, next) === scombo) break;
+      if (++retries >= GNT_CAS_RETRIES) return { status: GNTST.general_error, mfn: 0 as Mfn }; // "unstable"
+    }
+    const act = granter.active.get(ref);
+    let mfn: Mfn;
+    if (act) {
+      mfn = act.mfn;
+    } else {
+      // The frame is read after the flags are pinned, so it cannot change under us.
+      mfn = granter.gtDv.getUint32(ref * GRANT_ENTRY_V1.size + GE_FRAME, true) as Mfn;
+      const f = this.frames.get(mfn);
+      if (!f || f.owner !== granter.domid || f.kind !== 'ram') {
+        this.clearGrantFlags(granter, ref, true, true);
+        return { status: GNTST.general_error, mfn: 0 as Mfn };
+      }
+      granter.active.set(ref, { readPins: 0, writePins: 0, mfn });
+    }
+    const a2 = granter.active.get(ref)!;
+    if (readonly) a2.readPins++; else a2.writePins++;
+    return { status: GNTST.okay, mfn };
+  }
+
+  private clearGrantFlags(granter: Domain, ref: number, reading: boolean, writing: boolean): void {
+    const mask = (reading ? GTF.reading : 0) | (writing ? GTF.writing : 0);
+    Atomics.and(granter.gtU32, ref * 2, ~mask >>> 0);
+  }
+
+  /** Drops one pin taken by {@link pinGrant}; clears the flags as the pins reach zero. */
+  private unpin(m: MapTrack): void {
+    const granter = this.domains.get(m.granter);
+    const f = this.frames.get(m.mfn);
+    if (f) f.mapCount--;
+    if (granter && granter.state !== 'dead') {
+      const act = granter.active.get(m.ref);
+      if (act) {
+        if (m.readonly) act.readPins--; else act.writePins--;
+        const clearW = act.writePins === 0;
+        const clearR = act.writePins + act.readPins === 0;
+        this.clearGrantFlags(granter, m.ref, clearR, clearW);
+        if (clearR) granter.active.delete(m.ref);
+      }
+    } else if (f && f.mapCount === 0 && granter?.state === 'dead') {
+      this.frames.freeExtent(f.extentBase);
+    }
+  }
+
+  private mapGrantRef(dom: Domain, a: DataView, ao: number, o: DataView, go: number, out: Outgoing): void {
+    const F = GNTTAB_MAP_GRANT_REF.fields;
+    this.counters.grantMaps++;
+    const flags = a.getUint32(ao + F.flags.offset, true);
+    const ref = a.getUint32(ao + F.ref.offset, true);
+    const d = a.getUint16(ao + F.dom.offset, true);
+    const fail = (st: number) => o.setInt16(go + F.status.offset, st, true);
+    if (!(flags & (GNTMAP.host_map | GNTMAP.device_map))) return fail(GNTST.general_error);
+    const granter = this.domains.get(d);
+    if (!granter || granter.state === 'dead' || granter.state === 'dying' || d === dom.domid) return fail(GNTST.bad_domain);
+    const readonly = (flags & GNTMAP.readonly) !== 0;
+    const { status, mfn } = this.pinGrant(granter, ref, dom.domid, readonly);
+    if (status !== GNTST.okay) return fail(status);
+    const frame = this.frames.get(mfn)!;
+    frame.mapCount++;
+    const handle = dom.nextHandle++;
+    dom.maptrack.set(handle, { granter: granter.domid, ref, readonly, mfn });
+    const h = this.frames.give(dom.domid, frame, `map_grant_ref dom${d} ref ${ref}`);
+    if (h) out.handles.push(h);
+    o.setUint32(go + F.handle.offset, handle, true);
+    writeU64(o, go + F.dev_bus_addr.offset, mfn * PAGE_SIZE);
+    o.setInt16(go + F.status.offset, GNTST.okay, true);
+  }
+
+  private unmapGrantRef(dom: Domain, a: DataView, ao: number, o: DataView, go: number): void {
+    const F = GNTTAB_UNMAP_GRANT_REF.fields;
+    this.counters.grantUnmaps++;
+    const handle = a.getUint32(ao + F.handle.offset, true);
+    const m = dom.maptrack.get(handle);
+    if (!m) return o.setInt16(go + F.status.offset, GNTST.bad_handle, true);
+    dom.maptrack.delete(handle);
+    this.unpin(m);
+    o.setInt16(go + F.status.offset, GNTST.okay, true);
+  }
+
+  private grantCopy(dom: Domain, a: DataView, ao: number, o: DataView, go: number): void {
+    const F = GNTTAB_COPY.fields;
+    this.counters.grantCopies++;
+    const flags = a.getUint16(ao + F.flags.offset, true);
+    const len = a.getUint16(ao + F.len.offset, true);
+    const so = a.getUint16(ao + F.source_offset.offset, true);
+    const doff = a.getUint16(ao + F.dest_offset.offset, true);
+    const fail = (st: number) => o.setInt16(go + F.status.offset, st, true);
+    if (so + len > PAGE_SIZE || doff + len > PAGE_SIZE) return fail(GNTST.bad_copy_arg);
+    const src = this.copySide(dom, a, ao + F.source_u.offset, ao + F.source_domid.offset, (flags & GNTCOPY.source_gref) !== 0, true);
+    if (typeof src === 'number') return fail(src);
+    const dst = this.copySide(dom, a, ao + F.dest_u.offset, ao + F.dest_domid.offset, (flags & GNTCOPY.dest_gref) !== 0, false);
+    if (typeof dst === 'number') {
+      src.release();
+      return fail(dst);
+    }
+    const s = new Uint8Array(src.frame.buffer!, src.frame.pageIndex * PAGE_SIZE + so, len);
+    const d = new Uint8Array(dst.frame.buffer!, dst.frame.pageIndex * PAGE_SIZE + doff, len);
+    d.set(s);
+    this.counters.grantCopyBytes += len;
+    src.release();
+    dst.release();
+    o.setInt16(go + F.status.offset, GNTST.okay, true);
+  }
+
+  /** Resolves one side of a grant copy to a frame, pinning a gref for the copy's duration. */
+  private copySide(dom: Domain, a: DataView, uOff: number, domOff: number, isGref: boolean, isSource: boolean):
+    { frame: Frame; release(): void } | number {
+    const d = a.getUint16(domOff, true);
+    if (!isGref) {
+      if (d !== DOMID_SELF && d !== dom.domid) return GNTST.permission_denied;
+      let mfn: number;
+      try { mfn = readU64(a, uOff); } catch { return GNTST.bad_page; }
+      const f = this.frames.get(mfn);
+      if (!f || f.owner !== dom.domid || f.kind !== 'ram') return GNTST.bad_page;
+      return { frame: f, release() {} };
+    }
+    const ref = a.getUint32(uOff, true);
+    const granter = this.domains.get(d);
+    if (!granter || granter.state === 'dead' || granter.state === 'dying') return GNTST.bad_domain;
+    const { status, mfn } = this.pinGrant(granter, ref, dom.domid, isSource);
+    if (status !== GNTST.okay) return status;
+    const f = this.frames.get(mfn)!;
+    const m: MapTrack = { granter: granter.domid, ref, readonly: isSource, mfn };
+    f.mapCount++;
+    return { frame: f, release: () => this.unpin(m) };
+  }
+
+  private seedGrant(dom: Domain, ref: number, mfn: Mfn, to: DomId): void {
+    dom.gtDv.setUint32(ref * GRANT_ENTRY_V1.size + GE_FRAME, mfn, true);
+    Atomics.store(dom.gtU32, ref * 2, ((to << 16) | GTF.permit_access) >>> 0);
+  }
+
+  // -------------------------------------------------------------------------
+  // Event channels (setup only; sends never come here)
+
+  private allocUnbound(dom: Domain, remote: DomId): number {
+    for (let p = 1; p < NR_EVENT_CHANNELS; p++) {
+      if (!dom.evtchns.has(p)) {
+        dom.evtchns.set(p, { state: 'unbound', remoteDom: remote, remotePort: 0, vcpu: 0 });
+        return p;
+      }
+    }
+    return -XEN_ERRNO.ENOSPC;
+  }
+
+  private pairPage(receiver: DomId, sender: DomId): Frame {
+    const key = `${receiver}:${sender}`;
+    let f = this.pairs.get(key);
+    if (!f) {
+      [f] = this.frames.alloc(DOMID_XEN, 0, 'evtchn-pair', [receiver, sender]);
+      this.pairs.set(key, f);
+      this.domains.get(receiver)?.pairPages.set(sender, f);
+    }
+    return f;
+  }
+
+  /** Binding info for one end; `out` gets the handles the end does not hold yet. */
+  private bindingInfo(local: Domain, port: number, remote: Domain, remotePort: number, handles: ExtentHandle[]): BindingInfo {
+    const sendPage = this.pairPage(remote.domid, local.domid);
+    const recvPage = this.pairPage(local.domid, remote.domid);
+    const rv = remote.vcpus[remote.evtchns.get(remotePort)?.vcpu ?? 0];
+    for (const [f, why] of [[sendPage, 'evtchn pair (send)'], [recvPage, 'evtchn pair (receive)'], [rv.wakeFrame, `wake page of dom${remote.domid}`]] as const) {
+      const h = this.frames.give(local.domid, f, why);
+      if (h) handles.push(h);
+    }
+    return { kind: 'bound', port, remoteDom: remote.domid, remotePort, sendPage: sendPage.mfn, recvPage: recvPage.mfn, remoteWake: rv.wakeFrame.mfn };
+  }
+
+  private eventChannelOp(dom: Domain, v: Vcpu, cmd: number, out: Outgoing): number {
+    switch (cmd) {
+      case EVTCHNOP.alloc_unbound: {
+        const F = EVTCHN_ALLOC_UNBOUND.fields;
+        const a = this.copyArgs(v, 0, EVTCHN_ALLOC_UNBOUND.size);
+        const d = a.getUint16(F.dom.offset, true);
+        const remote = a.getUint16(F.remote_dom.offset, true) as DomId;
+        const target = d === DOMID_SELF || d === dom.domid ? dom : (dom.privileged ? this.domains.get(d) : undefined);
+        if (!target) return d === DOMID_SELF || this.domains.has(d) ? -XEN_ERRNO.EPERM : -XEN_ERRNO.ESRCH;
+        const port = this.allocUnbound(target, remote === DOMID_SELF ? target.domid : remote);
+        if (port < 0) return port;
+        v.hcDv.setUint32(HC_ARGS_OFFSET + F.port.offset, port, true);
+        return 0;
+      }
+      case EVTCHNOP.bind_interdomain: {
+        const F = EVTCHN_BIND_INTERDOMAIN.fields;
+        const a = this.copyArgs(v, 0, EVTCHN_BIND_INTERDOMAIN.size);
+        const rd = a.getUint16(F.remote_dom.offset, true);
+        const rport = a.getUint32(F.remote_port.offset, true);
+        const remote = this.domains.get(rd === DOMID_SELF ? dom.domid : rd);
+        if (!remote || remote.state === 'dead' || remote.state === 'dying') return -XEN_ERRNO.ESRCH;
+        const rch = remote.evtchns.get(rport);
+        if (!rch || rch.state !== 'unbound' || rch.remoteDom !== dom.domid) return -XEN_ERRNO.EINVAL;
+        const lport = this.allocUnbound(dom, remote.domid);
+        if (lport < 0) return lport;
+        dom.evtchns.set(lport, { state: 'interdomain', remoteDom: remote.domid, remotePort: rport, vcpu: 0 });
+        rch.state = 'interdomain';
+        rch.remotePort = lport;
+        out.info.push(this.bindingInfo(dom, lport, remote, rport, out.handles));
+        if (remote !== dom) {
+          const rh: ExtentHandle[] = [];
+          const rinfo = this.bindingInfo(remote, rport, dom, lport, rh);
+          this.push(remote, rh, [rinfo]);
+        } else {
+          out.info.push(this.bindingInfo(dom, rport, dom, lport, out.handles));
+        }
+        v.hcDv.setUint32(HC_ARGS_OFFSET + F.local_port.offset, lport, true);
+        // Xen sets the local port pending on bind, covering sends made before it.
+        this.setPending(dom, lport);
+        return 0;
+      }
+      case EVTCHNOP.close: {
+        const a = this.copyArgs(v, 0, EVTCHN_PORT_ARG.size);
+        const port = a.getUint32(EVTCHN_PORT_ARG.fields.port.offset, true);
+        if (!dom.evtchns.has(port)) return -XEN_ERRNO.EINVAL;
+        this.closePort(dom, port);
+        out.info.push({ kind: 'closed', port });
+        return 0;
+      }
+      case EVTCHNOP.status: {
+        const F = EVTCHN_STATUS.fields;
+        const a = this.copyArgs(v, 0, EVTCHN_STATUS.size);
+        const d = a.getUint16(F.dom.offset, true);
+        const port = a.getUint32(F.port.offset, true);
+        const target = d === DOMID_SELF || d === dom.domid ? dom : (dom.privileged ? this.domains.get(d) : undefined);
+        if (!target) return -XEN_ERRNO.ESRCH;
+        if (port >= NR_EVENT_CHANNELS) return -XEN_ERRNO.EINVAL;
+        const ch = target.evtchns.get(port);
+        const o = v.hcDv;
+        const base = HC_ARGS_OFFSET;
+        o.setUint32(base + F.status.offset, !ch ? EVTCHNSTAT.closed : ch.state === 'unbound' ? EVTCHNSTAT.unbound : EVTCHNSTAT.interdomain, true);
+        o.setUint32(base + F.vcpu.offset, ch?.vcpu ?? 0, true);
+        o.setUint16(base + F.remote_dom.offset, ch?.remoteDom ?? 0, true);
+        o.setUint32(base + F.remote_port.offset, ch?.state === 'interdomain' ? ch.remotePort : 0, true);
+        return 0;
+      }
+      default:
+        return -XEN_ERRNO.ENOSYS;
+    }
+  }
+
+  /** Closes `port` of `dom`; an interdomain peer end returns to unbound (Xen's `evtchn_close`). */
+  private closePort(dom: Domain, port: number): void {
+    const ch = dom.evtchns.get(port);
+    if (!ch) return;
+    dom.evtchns.delete(port);
+    if (ch.state === 'interdomain') {
+      const remote = this.domains.get(ch.remoteDom);
+      const rch = remote?.evtchns.get(ch.remotePort);
+      if (remote && rch && rch.state === 'interdomain' && rch.remotePort === port && rch.remoteDom === dom.domid) {
+        rch.state = 'unbound';
+        rch.remotePort = 0;
+        if (remote !== dom && remote.state !== 'dead') this.push(remote, [], [{ kind: 'unbound', port: ch.remotePort }]);
+      }
+    }
+  }
+
+  /**
+   * Marks `port` pending in `dom`'s shared_info and raises the upcall, as Xen's
+   * `evtchn_set_pending` does (used on bind; sends from peers use pair pages).
+   */
+  private setPending(dom: Domain, port: number): void {
+    const w = port >> 5;
+    const bit = 1 << (port & 31);
+    const old = Atomics.or(dom.sharedInfoI32, SI_PENDING_I32 + w, bit);
+    if (old & bit) return;
+    if (Atomics.load(dom.sharedInfoI32, SI_MASK_I32 + w) & bit) return;
+    const vcpu = dom.evtchns.get(port)?.vcpu ?? 0;
+    const vi = (vcpu * VCPU_INFO.size) >> 2;
+    const sel = port >> 6; // one selector bit per 64 ports (x86_64 xen_ulong_t)
+    Atomics.or(dom.sharedInfoI32, vi + (VCPU_INFO.fields.evtchn_pending_sel.offset >> 2) + (sel >> 5), 1 << (sel & 31));
+    // evtchn_upcall_pending is byte 0 of vcpu_info: set through the word holding it.
+    Atomics.or(dom.sharedInfoI32, vi, 1);
+    this.kick(dom.vcpus[vcpu]);
+  }
+
+  /** Posts unsolicited handles/info to every vCPU of `dom` and wakes them. */
+  private push(dom: Domain, handles: ExtentHandle[], info: BindingInfo[] | PortInfo[]): void {
+    if (dom.state === 'dead') return;
+    for (const [i, v] of dom.vcpus.entries()) {
+      // Each vCPU is its own heap: every one gets the buffers (logged once per domain).
+      v.port.postMessage({ push: true, handles: i === 0 ? handles : handles, info });
+      Atomics.add(v.hc, I_PUSHSEQ, 1);
+      this.kick(v);
+    }
+  }
+
+  private kick(v: Vcpu): void {
+    Atomics.add(v.wake, I_WAKE, 1);
+    Atomics.notify(v.wake, I_WAKE);
+  }
+
+  // -------------------------------------------------------------------------
+  // Memory and scheduling
+
+  private memoryOp(dom: Domain, v: Vcpu, cmd: number, out: Outgoing): number {
+    const F = XEN_MEMORY_RESERVATION.fields;
+    const hdr = this.copyArgs(v, 0, XEN_MEMORY_RESERVATION.size);
+    const nr = readU64(hdr, F.nr_extents.offset);
+    const order = hdr.getUint32(F.extent_order.offset, true);
+    const d = hdr.getUint16(F.domid.offset, true);
+    if (d !== DOMID_SELF && d !== dom.domid) return -XEN_ERRNO.EPERM;
+    if (order > 4) return -XEN_ERRNO.EINVAL;
+    const listOff = XEN_MEMORY_RESERVATION.size;
+    if (listOff + nr * 8 > HC_ARGS_BYTES) return -XEN_ERRNO.EINVAL;
+    const o = v.hcDv;
+    const pages = 1 << order;
+    let done = 0;
+    if (cmd === XENMEM.increase_reservation) {
+      for (; done < nr && done < MAX_OPS_PER_SLICE; done++) {
+        if (dom.ramPages + pages > dom.maxPages) break;
+        const fr = this.frames.alloc(dom.domid, order, 'ram');
+        dom.ramPages += pages;
+        const h = this.frames.give(dom.domid, fr[0], 'increase_reservation');
+        if (h) out.handles.push(h);
+        writeU64(o, HC_ARGS_OFFSET + listOff + done * 8, fr[0].mfn);
+      }
+      return done;
+    }
+    if (cmd === XENMEM.decrease_reservation) {
+      const list = this.copyArgs(v, listOff, nr * 8);
+      for (; done < nr && done < MAX_OPS_PER_SLICE; done++) {
+        const mfn = list.getUint32(done * 8, true);
+        const f = this.frames.get(mfn);
+        if (!f || f.owner !== dom.domid || f.kind !== 'ram' || f.extentBase !== mfn || f.extentOrder !== order) break;
+        if (this.frames.freeExtent(mfn) === 0) break; // still mapped by a peer
+        dom.ramPages -= pages;
+      }
+      return done;
+    }
+    return -XEN_ERRNO.ENOSYS;
+  }
+
+  private schedOp(dom: Domain, v: Vcpu, cmd: number): number {
+    switch (cmd) {
+      case SCHEDOP.yield:
+      case SCHEDOP.block:
+        return 0;
+      case SCHEDOP.shutdown: {
+        const a = this.copyArgs(v, 0, SCHED_SHUTDOWN.size);
+        const reason = a.getUint32(SCHED_SHUTDOWN.fields.reason.offset, true);
+        queueMicrotask(() => this.shutdownDomain(dom, reason));
+        return 0;
+      }
+      default:
+        return -XEN_ERRNO.ENOSYS;
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Audit
+
+  /**
+   * Checks the handle log: every extent posted to a domain must be owned by it,
+   * mapped through a grant it was given, or a hypervisor frame it shares.
+   * @returns the violations (empty when the audit passes) and the log itself.
+   */
+  auditHandles(): { violations: string[]; entries: number } {
+    const violations: string[] = [];
+    for (const e of this.frames.log) {
+      if (e.owner === e.domid) continue;
+      if (e.owner === DOMID_XEN) {
+        // Hypervisor frames: the sharers were fixed at allocation.
+        const f = this.findFrameAny(e.extentBase);
+        if (!f || !f.sharers.has(e.domid)) violations.push(`dom${e.domid} got hypervisor frame ${e.extentBase} it does not share`);
+        continue;
+      }
+      if (!e.reason.startsWith(`map_grant_ref dom${e.owner} `)) {
+        violations.push(`dom${e.domid} got frame ${e.extentBase} of dom${e.owner} (${e.reason})`);
+      }
+    }
+    return { violations, entries: this.frames.log.length };
+  }
+
+  private findFrameAny(mfn: number): Frame | undefined {
+    return (this.frames as unknown as { frames: Map<number, Frame> }).frames.get(mfn);
+  }
+
+  /** Counter snapshot for reports. */
+  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: Array<{ domid: number; name: string; state: DomainState; ramPages: number }> } {
+    return {
+      ...this.counters, hypercalls: { ...this.counters.hypercalls }, frames: { ...this.frames.counters },
+      domains: [...this.domains.values()].map((d) => ({ domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages })),
+    };
+  }
+}
+
+/** Info a vCPU receives about a new binding of one of its ports. */
+export interface BindingInfo {
+  readonly kind: 'bound';
+  readonly port: number;
+  readonly remoteDom: number;
+  readonly remotePort: number;
+  /** Pair page (receiver = remote, sender = this domain): where sends set bits. */
+  readonly sendPage: number;
+  /** Pair page (receiver = this domain, sender = remote): folded on wake-up. */
+  readonly recvPage: number;
+  /** Wake page of the remote vCPU the port is bound to. */
+  readonly remoteWake: number;
+}
+/** Info a vCPU receives when one of its ports closes or loses its peer. */
+export interface PortInfo {
+  readonly kind: 'closed' | 'unbound';
+  readonly port: number;
+}
+/** A handle-port message: the answer to call `seq`, or an unsolicited push. */
+export interface HandleMessage {
+  readonly seq?: number;
+  readonly push?: boolean;
+  readonly handles: ExtentHandle[];
+  readonly info: Array<BindingInfo | PortInfo>;
+}
+interface Outgoing {
+  handles: ExtentHandle[];
+  info: Array<BindingInfo | PortInfo>;
+}

@@ -1,0 +1,263 @@
+/**
+ * The small kernel a guest module runs on: one per vCPU worker. It gives the guest
+ * its domid, hypercalls, event channels, grant table, memory, XenStore client,
+ * console, and the frontends the toolstack attached to it, and runs the vCPU's
+ * event loop.
+ *
+ * The event loop (DESIGN.md, decision 2): a domain is event-driven. Its vCPU idles
+ * in `Atomics.waitAsync` on its wake word (a ref'd interval keeps the worker alive,
+ * since waitAsync alone does not), so promises, timers and sockets keep working.
+ * On each wake it drains the hypervisor's pushes, folds the event pair pages into
+ * shared_info and dispatches the upcall. When events have just arrived it spins a
+ * little on the wake word first — only while holding a spin token — because the
+ * next one usually follows within microseconds under load.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import { SHUTDOWN, HYPERVISOR, SCHEDOP, SCHED_SHUTDOWN, WAKE_PAGE, type DomId, type EvtchnPort } from './abi.ts';
+import type { BootInfo } from './boot.ts';
+import { HypercallPort } from './hypercall.ts';
+import { GuestMemory } from './guest-memory.ts';
+import { SpinTokens } from './spin.ts';
+import type { HandleMessage } from './hypervisor.ts';
+import { EventChannels } from '../event-channel/evtchn.ts';
+import { GrantTable } from '../grant-table/gnttab.ts';
+import { XenbusClient } from '../xenstore/client.ts';
+import { Xenstored } from '../xenstore/xenstored.ts';
+import { connectGuestToRing, connectLocal } from '../xenstore/connect.ts';
+import { consoleGuestEnds } from '../rings/console-ring.ts';
+
+const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
+/** Spin iterations in the idle loop after recent events (~20 µs). */
+const IDLE_SPIN_ITERATIONS = 4000;
+
+/** The guest's console: text written here goes through the console ring to dom0. */
+export interface GuestConsole {
+  /** Writes text (UTF-8) to the console; buffered if the ring is full. */
+  write(text: string): void;
+  /** Writes one line (arguments joined with spaces). */
+  log(...args: unknown[]): void;
+}
+
+/** A guest module: its default export is called once on vCPU 0 and its result is reported to the toolstack. */
+export type GuestMain = (kernel: Kernel) => Promise<unknown> | unknown;
+
+/** The kernel object handed to a guest program. */
+export class Kernel {
+  readonly domid: DomId;
+  readonly name: string;
+  readonly vcpuId: number;
+  readonly nrVcpus: number;
+  readonly privileged: boolean;
+  /** Guest arguments from the toolstack (structured clone). */
+  readonly args: unknown;
+  /** Guest command line (`extra` in the config). */
+  readonly extra: string | undefined;
+  readonly hypercall: HypercallPort;
+  readonly evtchn: EventChannels;
+  readonly gnttab: GrantTable;
+  readonly memory: GuestMemory;
+  readonly spin: SpinTokens;
+  /** The XenStore client (over the XenStore ring; dom0 talks to its own xenstored). */
+  xenbus!: XenbusClient;
+  /** dom0 only: the XenStore daemon. */
+  xenstored: Xenstored | null = null;
+  readonly console: GuestConsole;
+  /** Toolstack control channel (vCPU 0 only). */
+  readonly control: MessagePort | null;
+  /** Frontends attached by the toolstack, by name (`xvda`, ...), filled at boot. */
+  readonly devices = new Map<string, unknown>();
+  private readonly wake: Int32Array;
+  private readonly keepAlive: NodeJS.Timeout;
+  private stopped = false;
+  private idleDone: Promise<void> | null = null;
+  private readonly teardown: Array<() => Promise<void> | void> = [];
+  private consoleFlush: (() => void) | null = null;
+  /** Idle-loop counters: wake-ups, spins that caught an event, passes. */
+  readonly counters = { wakeups: 0, spinHits: 0, passes: 0 };
+
+  constructor(readonly boot: BootInfo) {
+    this.domid = boot.domid as DomId;
+    this.name = boot.name;
+    this.vcpuId = boot.vcpuId;
+    this.nrVcpus = boot.nrVcpus;
+    this.privileged = boot.privileged;
+    this.args = boot.guest.args;
+    this.extra = boot.guest.extra;
+    this.control = boot.controlPort;
+    this.spin = new SpinTokens(boot.spinTokens);
+    this.hypercall = new HypercallPort(boot.hypercallPage, boot.hvWake, boot.spinTokens, boot.handlePort, (m) => this.onPush(m));
+    for (const p of [boot.sharedInfo, boot.grantTable, boot.hypercallPage, ...boot.wakePages]) this.hypercall.frames.add(p);
+    if (boot.store) this.hypercall.frames.add(boot.store.page);
+    if (boot.console) this.hypercall.frames.add(boot.console.page);
+    const wakes = boot.wakePages.map((p) => new Int32Array(p.buffer, 0, 1));
+    this.wake = wakes[boot.vcpuId];
+    this.evtchn = new EventChannels(this.hypercall, boot.sharedInfo.buffer, boot.vcpuId, wakes);
+    this.gnttab = new GrantTable(this.hypercall, boot.grantTable.buffer, boot.nrGrantEntries);
+    this.memory = new GuestMemory(this.hypercall);
+    this.keepAlive = setInterval(() => {}, 1 << 30);
+    this.console = boot.console ? this.ringConsole(boot.console.page.buffer, boot.console.port as EvtchnPort) : this.stdoutConsole();
+  }
+
+  private onPush(m: HandleMessage): void {
+    for (const i of m.info) this.evtchn.applyInfo(i);
+  }
+
+  private stdoutConsole(): GuestConsole {
+    const prefix = `(${this.name}) `;
+    return {
+      write: (t) => void process.stdout.write(t),
+      log: (...a) => void process.stdout.write(prefix + a.map((x) => (typeof x === 'string' ? x : String(x))).join(' ') + '\n'),
+    };
+  }
+
+  /** The console over `xencons_interface`: writes to `out`, notifies dom0's console daemon. */
+  private ringConsole(buffer: SharedArrayBuffer, port: EvtchnPort): GuestConsole {
+    const ends = consoleGuestEnds(new Uint8Array(buffer, 0, 4096));
+    const pending: Uint8Array[] = [];
+    const enc = new TextEncoder();
+    const flush = () => {
+      let wrote = false;
+      while (pending.length > 0) {
+        const head = pending[0];
+        const n = ends.out.write(head);
+        if (n > 0) wrote = true;
+        if (n < head.length) {
+          pending[0] = head.subarray(n);
+          break;
+        }
+        pending.shift();
+      }
+      if (wrote) this.evtchn.notify(port);
+    };
+    this.consoleFlush = flush;
+    // dom0 notifies us when it has consumed output: continue flushing then.
+    this.evtchn.on(port, () => flush());
+    return {
+      write: (t) => {
+        pending.push(enc.encode(t));
+        flush();
+      },
+      log: (...a) => {
+        pending.push(enc.encode(a.map((x) => (typeof x === 'string' ? x : String(x))).join(' ') + '\n'));
+        flush();
+      },
+    };
+  }
+
+  /** Whether console output is still waiting for ring space. */
+  consolePending(): boolean {
+    this.consoleFlush?.();
+    return false;
+  }
+
+  /**
+   * Connects the XenStore client: dom0 starts xenstored and talks to it in-process;
+   * a domU uses its XenStore ring page and event channel from start info.
+   */
+  connectXenStore(): void {
+    if (this.privileged) {
+      this.xenstored = new Xenstored();
+      this.xenbus = connectLocal(this.xenstored, this.domid);
+    } else {
+      const s = this.boot.store!;
+      this.xenbus = connectGuestToRing(this.evtchn, new Uint8Array(s.page.buffer, 0, 4096), s.port as EvtchnPort);
+    }
+  }
+
+  /** Registers a teardown step run (last registered first) before the domain shuts down. */
+  onTeardown(fn: () => Promise<void> | void): void {
+    this.teardown.push(fn);
+  }
+
+  /** Runs the teardown steps (device Closing → Closed, grants ended, ports closed). */
+  async runTeardown(): Promise<void> {
+    while (this.teardown.length > 0) {
+      const fn = this.teardown.pop()!;
+      try {
+        await fn();
+      } catch (e) {
+        this.console.log(`teardown step failed: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  /**
+   * The vCPU's event loop; resolves when {@link stop} is called.
+   * While the hypervisor has the domain paused, events stay pending.
+   */
+  runIdleLoop(): Promise<void> {
+    if (this.idleDone) return this.idleDone;
+    this.idleDone = (async () => {
+      let recent = false;
+      while (!this.stopped) {
+        const seen = Atomics.load(this.wake, I_WAKE);
+        this.counters.passes++;
+        this.hypercall.drainPushes();
+        let work = 0;
+        if (!this.hypercall.isPaused()) {
+          work = this.evtchn.fold();
+          work += this.evtchn.dispatch();
+        }
+        if (work > 0) {
+          recent = true;
+          // Let promise continuations of the handlers run before the next pass.
+          await Promise.resolve();
+          continue;
+        }
+        if (recent && this.spin.spinWhileEqual(this.wake, I_WAKE, seen, IDLE_SPIN_ITERATIONS)) {
+          this.counters.spinHits++;
+          continue;
+        }
+        recent = false;
+        const w = Atomics.waitAsync(this.wake, I_WAKE, seen, 1000);
+        if (w.async) await w.value;
+        // Macrotasks (timers, I/O callbacks) get a turn between passes.
+        await new Promise((r) => setImmediate(r));
+        this.counters.wakeups++;
+      }
+    })();
+    return this.idleDone;
+  }
+
+  /** Waits until the hypervisor unpauses the domain (or `timeoutMs` passes). */
+  async waitUnpaused(timeoutMs = 60_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (this.hypercall.isPaused()) {
+      if (performance.now() > deadline) throw new Error('domain stayed paused');
+      const seen = Atomics.load(this.wake, I_WAKE);
+      if (!this.hypercall.isPaused()) break;
+      const w = Atomics.waitAsync(this.wake, I_WAKE, seen, 100);
+      if (w.async) await w.value;
+    }
+  }
+
+  /** Stops the event loop and lets the worker exit. */
+  stop(): void {
+    this.stopped = true;
+    clearInterval(this.keepAlive);
+    Atomics.add(this.wake, I_WAKE, 1);
+    Atomics.notify(this.wake, I_WAKE);
+  }
+
+  /**
+   * `SCHEDOP_shutdown`: tells the hypervisor this domain is done (poweroff) or has
+   * crashed. The hypervisor then destroys it.
+   */
+  shutdown(reason: number = SHUTDOWN.poweroff): void {
+    const o = HypercallPort.argOffset(0, SCHED_SHUTDOWN.size);
+    this.hypercall.page.setUint32(o + SCHED_SHUTDOWN.fields.reason.offset, reason, true);
+    this.hypercall.call(HYPERVISOR.sched_op, SCHEDOP.shutdown, 1);
+  }
+
+  /** Counters of every layer of this vCPU, for reports. */
+  snapshot(): Record<string, unknown> {
+    return {
+      hypercalls: { ...this.hypercall.counters.calls },
+      hypercallWaits: { spun: this.hypercall.counters.spun, blocked: this.hypercall.counters.blocked, reissues: this.hypercall.counters.reissues },
+      evtchn: { ...this.evtchn.counters },
+      gnttab: { ...this.gnttab.counters },
+      memory: { ...this.memory.counters },
+      idle: { ...this.counters },
+    };
+  }
+}

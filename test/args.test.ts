@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import { PvioError } from '../rings/errors.ts';
+import { parseCli, USAGE, UsageError } from '../toolstack/args.ts';
+
+/** The UsageError message that parsing `argv` raises. */
+function usageError(argv: string[]): string {
+  try {
+    parseCli(argv);
+  } catch (e) {
+    expect(e).toBeInstanceOf(UsageError);
+    expect(e).toBeInstanceOf(PvioError);
+    expect((e as UsageError).code).toBe('PVIO_ERR_USAGE');
+    expect((e as Error).message).not.toContain('\n');
+    return (e as Error).message;
+  }
+  throw new Error(`expected a UsageError for ${JSON.stringify(argv)}`);
+}
+
+describe('parseCli: good command lines', () => {
+  it('up with defaults', () => {
+    expect(parseCli(['up'])).toEqual({ command: 'up', quiet: false, progress: true });
+    expect(parseCli(['up', 'machine.cfg'])).toEqual({ command: 'up', config: 'machine.cfg', quiet: false, progress: true });
+  });
+
+  it('up with every option, in both spellings and any order', () => {
+    const want = { command: 'up', config: 'vm.cfg', disk: 'd.img', scratchMiB: 96, quiet: true, progress: false };
+    expect(parseCli(['up', 'vm.cfg', '--disk', 'd.img', '--scratch-mib', '96', '--quiet', '--no-progress'])).toEqual(want);
+    expect(parseCli(['--no-progress', '-q', 'up', '--disk=d.img', '--scratch-mib=96', 'vm.cfg'])).toEqual(want);
+  });
+
+  it('-- ends the options', () => {
+    expect(parseCli(['up', '--', '--weird.cfg'])).toMatchObject({ command: 'up', config: '--weird.cfg' });
+  });
+
+  it('a value may start with a dash when given with =', () => {
+    expect(parseCli(['up', '--disk=-x.img'])).toMatchObject({ disk: '-x.img' });
+  });
+
+  it('help and version', () => {
+    expect(parseCli([])).toEqual({ command: 'help' });
+    expect(parseCli(['help'])).toEqual({ command: 'help' });
+    expect(parseCli(['--help'])).toEqual({ command: 'help' });
+    expect(parseCli(['up', 'vm.cfg', '-h'])).toEqual({ command: 'help' });
+    expect(parseCli(['--version'])).toEqual({ command: 'version' });
+  });
+
+  it('USAGE names every command and option', () => {
+    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress']) {
+      expect(USAGE).toContain(word);
+    }
+  });
+});
+
+describe('parseCli: bad command lines give one-line UsageErrors', () => {
+  it('unknown option', () => {
+    expect(usageError(['up', '--frob'])).toBe("unknown option '--frob'");
+    expect(usageError(['--frob=1', 'up'])).toBe("unknown option '--frob'");
+    expect(usageError(['up', '-x'])).toBe("unknown option '-x'");
+    expect(usageError(['--version', '--frob'])).toBe("unknown option '--frob'");
+  });
+
+  it('unknown command', () => {
+    expect(usageError(['down'])).toMatch(/^unknown command 'down'/);
+    expect(usageError(['vm.cfg', 'up'])).toMatch(/^unknown command 'vm\.cfg'/);
+  });
+
+  it('missing value', () => {
+    expect(usageError(['up', '--disk'])).toBe("option '--disk' needs a value");
+    expect(usageError(['up', '--disk', '--quiet'])).toBe("option '--disk' needs a value");
+    expect(usageError(['up', '--disk='])).toBe("option '--disk' needs a value");
+    expect(usageError(['up', '--scratch-mib'])).toBe("option '--scratch-mib' needs a value");
+  });
+
+  it('a --scratch-mib that is not a whole number of MiB', () => {
+    for (const bad of ['abc', '1.5', '1e3', '0x10', '0', '-5', ' 8', '99999999999999']) {
+      expect(usageError(['up', `--scratch-mib=${bad}`]), bad).toMatch(/^option '--scratch-mib' needs a whole number of MiB/);
+    }
+    expect(usageError(['up', '--scratch-mib', 'lots'])).toContain("got 'lots'");
+  });
+
+  it('a value given to a flag, an option twice, extra arguments, no command', () => {
+    expect(usageError(['up', '--quiet=yes'])).toBe("option '--quiet' does not take a value");
+    expect(usageError(['up', '--disk', 'a', '--disk', 'b'])).toBe("option '--disk' is given more than once");
+    expect(usageError(['up', 'a.cfg', 'b.cfg'])).toMatch(/^unexpected argument 'b\.cfg'/);
+    expect(usageError(['--quiet'])).toMatch(/^missing command/);
+  });
+
+  it('control characters are escaped, so the message stays on one line', () => {
+    expect(usageError(['up', '--fr\nob'])).toBe("unknown option '--fr\\x0aob'");
+  });
+});

@@ -1,0 +1,166 @@
+/**
+ * Command-line parsing for the `pvio` command, on `node:util` `parseArgs`.
+ *
+ * ```
+ * pvio up [CONFIG] [--disk PATH] [--scratch-mib N] [--quiet] [--no-progress]
+ * pvio help
+ * pvio --version
+ * ```
+ *
+ * Parsing is pure: nothing is read, opened or printed here.
+ */
+import { parseArgs } from 'node:util';
+import { PvioError } from '../rings/errors.ts';
+
+/** Usage text printed by `pvio help` (and after a usage error). Ends with a newline. */
+export const USAGE = `\
+Usage:
+  pvio up [CONFIG] [options]   boot the guest domain described by CONFIG (an xl-style
+                               config file) and run it until every domain has exited
+  pvio help                    show this help
+  pvio --version               print the version
+
+Options for 'up':
+  --disk PATH         attach the raw image PATH to the guest
+  --scratch-mib N     size of the scratch disk, in MiB (a whole number, at least 1)
+  -q, --quiet         print only the guest's console and errors
+  --no-progress       do not show progress bars
+
+Options anywhere:
+  -h, --help          show this help
+  --version           print the version
+`;
+
+/**
+ * A command line that cannot be understood: unknown option or command, an option
+ * without its value, a bad `--scratch-mib`. `message` is one line, e.g.
+ * `unknown option '--frob'`. Code `PVIO_ERR_USAGE`.
+ */
+export class UsageError extends PvioError {
+  constructor(message: string) {
+    super('PVIO_ERR_USAGE', message);
+  }
+}
+
+/** What `pvio up` was asked to do. */
+export interface UpCommand {
+  command: 'up';
+  /** Config file path as given (not resolved, not checked); absent when not given. */
+  config?: string;
+  /** `--disk PATH`: image to attach, as given; absent when not given. */
+  disk?: string;
+  /** `--scratch-mib N`: scratch disk size in MiB, an integer ≥ 1; absent when not given. */
+  scratchMiB?: number;
+  /** `--quiet` / `-q`. */
+  quiet: boolean;
+  /** False with `--no-progress`. */
+  progress: boolean;
+}
+
+/** A parsed command line: see {@link parseCli}. */
+export type Cli = UpCommand | { command: 'help' } | { command: 'version' };
+
+/** Largest `--scratch-mib`: its size in bytes must stay an exact JS number (2^53). */
+const MAX_SCRATCH_MIB = 2 ** 33;
+
+const OPTIONS = {
+  disk: { type: 'string' },
+  'scratch-mib': { type: 'string' },
+  quiet: { type: 'boolean', short: 'q' },
+  'no-progress': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
+} as const;
+
+/** Quotes a user-supplied string for a one-line message. */
+function q(s: string): string {
+  return `'${s.replace(/[\\']/g, (c) => '\\' + c).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => '\\x' + c.charCodeAt(0).toString(16).padStart(2, '0'))}'`;
+}
+
+/**
+ * Parses `pvio`'s arguments (`process.argv.slice(2)`).
+ *
+ * `--help`/`-h` anywhere gives `{ command: 'help' }`, as does an empty command line
+ * or `pvio help [...]`; `--version` anywhere gives `{ command: 'version' }` (both
+ * only once every option is known). Options may come before or after the command
+ * and the config; `--opt=value` works too, and `--` ends the options. Each option
+ * may be given once.
+ *
+ * @param argv the arguments after the script name
+ * @returns the command and, for `up`, its settings (`quiet` false and `progress`
+ *   true unless `--quiet` / `--no-progress` were given)
+ * @throws UsageError for an unknown option (`unknown option '--frob'`), an unknown
+ *   command (`unknown command 'frob'`), options without a command, an option's
+ *   missing value (`option '--disk' needs a value`), a value given to a flag, an
+ *   option given twice, a `--scratch-mib` that is not a whole number of MiB ≥ 1, or
+ *   an extra argument
+ */
+export function parseCli(argv: string[]): Cli {
+  let tokens;
+  try {
+    // strict: false, so that every problem is reported by us, in one line, and the
+    // first one in argv order.
+    ({ tokens } = parseArgs({ args: argv, options: OPTIONS, strict: false, allowPositionals: true, tokens: true }));
+  } catch (e) {
+    throw new UsageError(String((e as Error).message).split('\n')[0]!);
+  }
+
+  const seen = new Map<string, string | true>();
+  const positionals: string[] = [];
+  for (const t of tokens) {
+    if (t.kind === 'positional') {
+      positionals.push(t.value);
+      continue;
+    }
+    if (t.kind === 'option-terminator') continue;
+    if (!Object.hasOwn(OPTIONS, t.name)) throw new UsageError(`unknown option ${q(t.rawName)}`);
+    const spec = OPTIONS[t.name as keyof typeof OPTIONS];
+    const long = `--${t.name}`;
+    if (seen.has(t.name)) throw new UsageError(`option '${long}' is given more than once`);
+    if (spec.type === 'boolean') {
+      if (t.value !== undefined) throw new UsageError(`option '${long}' does not take a value`);
+      seen.set(t.name, true);
+    } else {
+      // `--disk --quiet`: parseArgs took the next option as the value.
+      if (t.value === undefined || (!t.inlineValue && /^--?[A-Za-z]/.test(t.value))) {
+        throw new UsageError(`option '${long}' needs a value`);
+      }
+      if (t.value === '') throw new UsageError(`option '${long}' needs a value`);
+      seen.set(t.name, t.value);
+    }
+  }
+
+  if (seen.has('help')) return { command: 'help' };
+  if (seen.has('version')) return { command: 'version' };
+
+  const [command, ...rest] = positionals;
+  if (command === undefined) {
+    if (argv.length === 0) return { command: 'help' };
+    throw new UsageError("missing command (try 'pvio help')");
+  }
+  if (command === 'help') return { command: 'help' };
+  if (command !== 'up') throw new UsageError(`unknown command ${q(command)} (try 'pvio help')`);
+
+  if (rest.length > 1) throw new UsageError(`unexpected argument ${q(rest[1]!)}: 'up' takes one CONFIG`);
+  const out: UpCommand = {
+    command: 'up',
+    quiet: seen.has('quiet'),
+    progress: !seen.has('no-progress'),
+  };
+  if (rest[0] !== undefined) {
+    if (rest[0] === '') throw new UsageError('CONFIG must not be empty');
+    out.config = rest[0];
+  }
+  const disk = seen.get('disk');
+  if (typeof disk === 'string') out.disk = disk;
+  const scratch = seen.get('scratch-mib');
+  if (typeof scratch === 'string') {
+    const n = /^[0-9]+$/.test(scratch) ? Number(scratch) : NaN;
+    if (!(n >= 1 && n <= MAX_SCRATCH_MIB)) {
+      throw new UsageError(`option '--scratch-mib' needs a whole number of MiB from 1 to ${MAX_SCRATCH_MIB}, got ${q(scratch)}`);
+    }
+    out.scratchMiB = n;
+  }
+  return out;
+}

@@ -1,0 +1,568 @@
+/**
+ * Machine configuration in the syntax of Xen's `xl.cfg` (the subset pvio needs).
+ *
+ * One file describes ONE guest domain, as an `xl.cfg` does:
+ *
+ * ```
+ * # guest.cfg
+ * name   = "guest1"
+ * memory = 128                 # MiB
+ * vcpus  = 2
+ * kernel = "guests/disk-test.ts"
+ * extra  = "verbose count=4"
+ * disk   = [ 'file:disk.img,xvda,w',
+ *            'format=raw, vdev=xvdb, access=r, target=/data/ro.img' ]
+ * ```
+ *
+ * Syntax: statements `KEY = VALUE`, one per line (or separated by `;`); `#` starts
+ * a comment that runs to the end of the line; blank lines are ignored. A VALUE is a
+ * string (`"..."`, with C escapes `\\ \" \' \n \t \r \xHH`, or `'...'`, taken
+ * literally), an integer (decimal or `0x` hex), or a list `[ v, v, ... ]` of strings
+ * and integers, which may span several lines and may end with a comma. Lists do not
+ * nest. A key may be set only once.
+ *
+ * Keys (anything else is an error naming the key and its line):
+ * - `name`   string, required: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters;
+ * - `memory` integer MiB ≥ 1, default 64;
+ * - `vcpus`  integer ≥ 1, default 1;
+ * - `kernel` string, required: the guest program, a TypeScript/JavaScript module
+ *            (`.ts .mts .cts .js .mjs .cjs`), resolved against the config file's
+ *            directory;
+ * - `extra`  string, optional: the guest's command line;
+ * - `disk`   list of disk specs (see {@link parseDiskSpec}), default none.
+ *
+ * Nothing here touches the file system except {@link loadConfig} reading the config
+ * itself: whether the kernel and disk images exist is for the toolstack to check.
+ */
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { PvioError } from '../rings/errors.ts';
+
+/** One virtual disk of a guest, from one entry of the config's `disk` list. */
+export interface DiskSpec {
+  /** Absolute path of the raw image file backing the disk. */
+  path: string;
+  /** Guest device name, `xvda` … `xvdz`. */
+  vdev: string;
+  /**
+   * Linux's virtual-device number for {@link vdev} (the XenStore `virtual-device`
+   * key): `(202 << 8) | (index << 4)`, so xvda = 51712, xvdb = 51728.
+   */
+  virtualDevice: number;
+  /** True for access `r`/`ro`; false for `w`/`rw` (the default). */
+  readOnly: boolean;
+}
+
+/** One guest domain, as described by one config file. */
+export interface DomainConfig {
+  /** Domain name (`name`). */
+  name: string;
+  /** Memory size in MiB (`memory`, default 64). */
+  memoryMiB: number;
+  /** Number of vCPUs, each a worker thread (`vcpus`, default 1). */
+  vcpus: number;
+  /** Absolute path of the guest module (`kernel`). */
+  kernel: string;
+  /** The guest's command line (`extra`), absent when not set. */
+  extra?: string;
+  /** Virtual disks in config order (`disk`); empty when not set. */
+  disks: DiskSpec[];
+}
+
+/**
+ * A config file could not be read or is invalid. `message` is one line,
+ * `FILE:LINE: PROBLEM` (e.g. `machine.cfg:3: malformed disk spec 'foo': expected
+ * PATH,VDEV,MODE`); `:LINE` is left out for problems of the whole file (a missing
+ * required key, an unreadable file), and `FILE:` too when neither is known (a spec
+ * given straight to {@link parseDiskSpec}). Code `PVIO_ERR_CONFIG`.
+ */
+export class ConfigError extends PvioError {
+  /** The file named in the message, when known. */
+  readonly file: string | undefined;
+  /** 1-based line number, when the problem is on one line. */
+  readonly line: number | undefined;
+  /** The problem alone, without the `FILE:LINE:` prefix. */
+  readonly problem: string;
+  constructor(problem: string, where: { file?: string; line?: number } = {}, options?: { cause?: unknown }) {
+    const prefix = where.file === undefined && where.line === undefined
+      ? ''
+      : `${where.file ?? '<config>'}${where.line !== undefined ? `:${where.line}` : ''}: `;
+    super('PVIO_ERR_CONFIG', prefix + problem, options);
+    this.file = where.file;
+    this.line = where.line;
+    this.problem = problem;
+  }
+}
+
+/** Largest config file {@link loadConfig} reads: a config is a few hundred bytes. */
+const MAX_CONFIG_BYTES = 1 << 20;
+
+const KNOWN_KEYS = ['name', 'memory', 'vcpus', 'kernel', 'extra', 'disk'] as const;
+type Key = (typeof KNOWN_KEYS)[number];
+
+const KERNEL_EXTENSIONS = ['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs'];
+
+/** Linux's major number for Xen virtual disks (`XEN_XVD_MAJOR`). */
+const XVD_MAJOR = 202;
+
+/** Quotes a user-supplied string for a one-line message, escaping what is not printable. */
+function q(s: string): string {
+  const max = 200;
+  const cut = s.length > max ? s.slice(0, max) + '...' : s;
+  return `'${cut.replace(/[\\']/g, (c) => '\\' + c).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => '\\x' + c.charCodeAt(0).toString(16).padStart(2, '0'))}'`;
+}
+
+// ---------------------------------------------------------------------------
+// Lexer
+
+type Token =
+  | { kind: 'ident'; text: string; line: number }
+  | { kind: 'string'; value: string; line: number }
+  | { kind: 'int'; value: number; text: string; line: number }
+  | { kind: 'punct'; text: '=' | '[' | ']' | ',' | ';'; line: number }
+  | { kind: 'newline'; line: number }
+  | { kind: 'eof'; line: number };
+
+/** Raised by the lexer and parser with a line number; becomes a ConfigError. */
+class LocatedProblem {
+  constructor(readonly problem: string, readonly line: number | undefined) {}
+}
+
+function isPunct(t: Token, text: string): boolean {
+  return t.kind === 'punct' && t.text === text;
+}
+
+function describe(t: Token): string {
+  switch (t.kind) {
+    case 'ident': return q(t.text);
+    case 'string': return `string ${q(t.value)}`;
+    case 'int': return `number ${t.text}`;
+    case 'punct': return `'${t.text}'`;
+    case 'newline': return 'end of line';
+    case 'eof': return 'end of file';
+  }
+}
+
+function tokenize(text: string): Token[] {
+  const out: Token[] = [];
+  let i = 0;
+  let line = 1;
+  if (text.charCodeAt(0) === 0xfeff) i = 1; // byte-order mark
+  const n = text.length;
+  while (i < n) {
+    const c = text[i]!;
+    if (c === '\n') {
+      out.push({ kind: 'newline', line });
+      line++;
+      i++;
+    } else if (c === ' ' || c === '\t' || c === '\r' || c === '\f' || c === '\v') {
+      i++;
+    } else if (c === '#') {
+      while (i < n && text[i] !== '\n') i++;
+    } else if (c === '=' || c === '[' || c === ']' || c === ',' || c === ';') {
+      out.push({ kind: 'punct', text: c, line });
+      i++;
+    } else if (c === '"' || c === "'") {
+      const start = line;
+      let value = '';
+      i++;
+      for (;;) {
+        if (i >= n || text[i] === '\n') throw new LocatedProblem('unterminated string', start);
+        const d = text[i]!;
+        if (d === c) { i++; break; }
+        if (d === '\\' && c === '"') {
+          const e = text[i + 1];
+          const simple: Record<string, string> = { '\\': '\\', '"': '"', "'": "'", n: '\n', t: '\t', r: '\r' };
+          if (e !== undefined && e in simple) {
+            value += simple[e];
+            i += 2;
+          } else if (e === 'x' && /^[0-9a-fA-F]{2}$/.test(text.slice(i + 2, i + 4))) {
+            value += String.fromCharCode(parseInt(text.slice(i + 2, i + 4), 16));
+            i += 4;
+          } else {
+            throw new LocatedProblem(`bad escape ${q('\\' + (e ?? ''))} in string`, line);
+          }
+        } else {
+          value += d;
+          i++;
+        }
+      }
+      out.push({ kind: 'string', value, line });
+    } else if (/[0-9-]/.test(c)) {
+      const m = /^-?(?:0[xX][0-9a-fA-F]+|[0-9]+)(?![A-Za-z0-9_.])/.exec(text.slice(i, i + 64));
+      if (!m) {
+        const word = /^[^\s,\]\[;#=]*/.exec(text.slice(i))![0];
+        throw new LocatedProblem(`malformed value ${q(word)}: expected a number, a quoted string or a list`, line);
+      }
+      const t = m[0];
+      const neg = t.startsWith('-');
+      const body = neg ? t.slice(1) : t;
+      const mag = /^0[xX]/.test(body) ? parseInt(body.slice(2), 16) : parseInt(body, 10);
+      const value = neg ? -mag : mag;
+      if (!Number.isSafeInteger(value)) throw new LocatedProblem(`number ${t} is too large`, line);
+      out.push({ kind: 'int', value, text: t, line });
+      i += t.length;
+    } else if (/[A-Za-z_]/.test(c)) {
+      const m = /^[A-Za-z_][A-Za-z0-9_.]*/.exec(text.slice(i, i + 256))!;
+      out.push({ kind: 'ident', text: m[0], line });
+      i += m[0].length;
+    } else {
+      throw new LocatedProblem(`unexpected character ${q(c)}`, line);
+    }
+  }
+  out.push({ kind: 'eof', line });
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Parser
+
+type Scalar = { kind: 'string'; value: string; line: number } | { kind: 'int'; value: number; text: string; line: number };
+type Value = Scalar | { kind: 'list'; items: Scalar[]; line: number };
+interface Setting { key: Key; keyLine: number; value: Value }
+
+function parseSettings(tokens: Token[]): Map<Key, Setting> {
+  const settings = new Map<Key, Setting>();
+  let p = 0;
+  const peek = (): Token => tokens[p]!;
+  const next = (): Token => tokens[p++]!;
+
+  for (;;) {
+    const t = next();
+    if (t.kind === 'eof') break;
+    if (t.kind === 'newline' || (t.kind === 'punct' && t.text === ';')) continue;
+    if (t.kind !== 'ident') {
+      throw new LocatedProblem(`malformed line: expected KEY = VALUE, found ${describe(t)}`, t.line);
+    }
+    const key = t.text;
+    const eq = next();
+    if (!(eq.kind === 'punct' && eq.text === '=')) {
+      throw new LocatedProblem(`malformed line: expected '=' after ${q(key)}, found ${describe(eq)}`, eq.line);
+    }
+    if (!(KNOWN_KEYS as readonly string[]).includes(key)) {
+      throw new LocatedProblem(`unknown key ${q(key)} (known keys: ${KNOWN_KEYS.join(', ')})`, t.line);
+    }
+    const value = parseValue(key);
+    const end = next();
+    if (!(end.kind === 'newline' || end.kind === 'eof' || (end.kind === 'punct' && end.text === ';'))) {
+      throw new LocatedProblem(`malformed line: unexpected ${describe(end)} after the value of ${q(key)}`, end.line);
+    }
+    if (end.kind === 'eof') p--;
+    const prev = settings.get(key as Key);
+    if (prev) throw new LocatedProblem(`${q(key)} is set twice (first at line ${prev.keyLine})`, t.line);
+    settings.set(key as Key, { key: key as Key, keyLine: t.line, value });
+  }
+  return settings;
+
+  function parseValue(key: string): Value {
+    const t = next();
+    if (t.kind === 'string' || t.kind === 'int') return t;
+    if (t.kind === 'punct' && t.text === '[') return parseList(key, t.line);
+    if (t.kind === 'newline' || t.kind === 'eof' || (t.kind === 'punct' && t.text === ';')) {
+      throw new LocatedProblem(`missing value for ${q(key)}`, t.line);
+    }
+    if (t.kind === 'ident') {
+      throw new LocatedProblem(`malformed value ${q(t.text)} for ${q(key)}: strings must be quoted`, t.line);
+    }
+    throw new LocatedProblem(`malformed value for ${q(key)}: unexpected ${describe(t)}`, t.line);
+  }
+
+  function parseList(key: string, openLine: number): Value {
+    const items: Scalar[] = [];
+    const skipNewlines = (): void => { while (peek().kind === 'newline') p++; };
+    const unterminated = (): LocatedProblem =>
+      new LocatedProblem(`unterminated list for ${q(key)}: '[' is never closed by ']'`, openLine);
+    for (;;) {
+      skipNewlines();
+      let t = next();
+      if (t.kind === 'punct' && t.text === ']') break;
+      if (t.kind === 'string' || t.kind === 'int') {
+        items.push(t);
+      } else if (t.kind === 'eof' || (t.kind === 'ident' && isPunct(peek(), '='))) {
+        // The end of the file, or the next `key = ...` statement: the list was left open.
+        throw unterminated();
+      } else if (t.kind === 'ident') {
+        throw new LocatedProblem(`malformed list for ${q(key)}: ${q(t.text)} must be quoted`, t.line);
+      } else if (t.kind === 'punct' && t.text === '[') {
+        throw new LocatedProblem(`lists cannot be nested (in ${q(key)})`, t.line);
+      } else {
+        throw new LocatedProblem(`malformed list for ${q(key)}: unexpected ${describe(t)}`, t.line);
+      }
+      skipNewlines();
+      t = next();
+      if (t.kind === 'punct' && t.text === ']') break;
+      if (t.kind === 'punct' && t.text === ',') continue;
+      if (t.kind === 'eof' || (t.kind === 'ident' && isPunct(peek(), '='))) throw unterminated();
+      throw new LocatedProblem(`malformed list for ${q(key)}: expected ',' or ']', found ${describe(t)}`, t.line);
+    }
+    return { kind: 'list', items, line: openLine };
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Typed values
+
+function valueKind(v: Value): string {
+  return v.kind === 'list' ? 'a list' : v.kind === 'int' ? 'a number' : 'a string';
+}
+
+function wantString(s: Setting): { value: string; line: number } {
+  if (s.value.kind !== 'string') {
+    throw new LocatedProblem(`${s.key} must be a quoted string, got ${valueKind(s.value)}`, s.value.line);
+  }
+  return s.value;
+}
+
+function wantInt(s: Setting, what: string, min: number): number {
+  if (s.value.kind !== 'int') {
+    throw new LocatedProblem(`${s.key} must be an integer (${what}), got ${valueKind(s.value)}`, s.value.line);
+  }
+  if (s.value.value < min) {
+    throw new LocatedProblem(`${s.key} must be at least ${min}, got ${s.value.text}`, s.value.line);
+  }
+  return s.value.value;
+}
+
+/**
+ * Parses one disk spec, in either of xl's disk-configuration forms (see
+ * `xl-disk-configuration(5)`):
+ * - positional: `'[file:]PATH,VDEV[,MODE]'` (`raw:`, `aio:` and `tap:aio:` are
+ *   accepted as synonyms of `file:`), or `'PATH,raw,VDEV,MODE'` with the format;
+ * - key=value: `'format=raw,vdev=xvda,access=r,target=PATH'`, in any order, mixable
+ *   with positional values; `target=` must come last since a path may contain commas.
+ *
+ * Whitespace around each comma-separated part is ignored. VDEV is `xvda` … `xvdz`;
+ * MODE (`access`) is `r`/`ro` (read-only) or `w`/`rw` (the default); the only format
+ * is `raw`. A relative PATH is resolved against `baseDir`; whether it exists is not
+ * checked.
+ *
+ * @param spec one entry of the `disk` list
+ * @param baseDir directory that relative paths are resolved against (normally the
+ *   config file's directory)
+ * @returns the disk with an absolute `path` and its Linux `virtualDevice` number
+ * @throws ConfigError (with no file or line; {@link parseConfig} adds them) naming
+ *   the problem, e.g. `malformed disk spec 'foo': expected PATH,VDEV,MODE`
+ */
+export function parseDiskSpec(spec: string, baseDir: string): DiskSpec {
+  try {
+    return parseDiskSpecOrThrow(spec, baseDir);
+  } catch (e) {
+    if (e instanceof LocatedProblem) throw new ConfigError(e.problem);
+    throw e;
+  }
+}
+
+function parseDiskSpecOrThrow(spec: string, baseDir: string): DiskSpec {
+  const bad = (why: string): LocatedProblem => new LocatedProblem(`malformed disk spec ${q(spec)}: ${why}`, undefined);
+  const shape = 'expected PATH,VDEV,MODE';
+
+  // Split into parts; `target=` swallows the rest of the spec, commas included.
+  const parts: string[] = [];
+  let rest = spec;
+  for (;;) {
+    const lead = rest.replace(/^\s+/, '');
+    if (/^target\s*=/.test(lead)) { parts.push(lead); break; }
+    const comma = rest.indexOf(',');
+    if (comma < 0) { parts.push(rest); break; }
+    parts.push(rest.slice(0, comma));
+    rest = rest.slice(comma + 1);
+  }
+
+  const keyed: { target?: string; format?: string; vdev?: string; access?: string } = {};
+  const positional: string[] = [];
+  for (const raw of parts) {
+    const part = raw.trim();
+    const m = /^(target|format|vdev|access|devtype)\s*=\s*([\s\S]*)$/.exec(part);
+    if (m) {
+      const k = m[1] as 'target' | 'format' | 'vdev' | 'access' | 'devtype';
+      const v = k === 'target' ? m[2]! : m[2]!.trim();
+      if (k === 'devtype') {
+        if (v !== 'disk') throw bad(`unsupported devtype ${q(v)} (only 'disk')`);
+        continue;
+      }
+      if (keyed[k] !== undefined) throw bad(`${k} given twice`);
+      keyed[k] = v;
+    } else if (/^[A-Za-z_-]+\s*=/.test(part)) {
+      throw bad(`unknown parameter ${q(part.slice(0, part.indexOf('=')).trim())} (known: target, format, vdev, access, devtype)`);
+    } else {
+      positional.push(part);
+    }
+  }
+
+  // Positional values fill target, [format,] vdev, access in that order, skipping
+  // what was given by key. A positional that names a format is the format.
+  const FORMATS = ['raw', 'qcow', 'qcow2', 'vhd', 'qed'];
+  let target = keyed.target;
+  let format = keyed.format;
+  let vdev = keyed.vdev;
+  let access = keyed.access;
+  for (const v of positional) {
+    if (target === undefined) target = v;
+    else if (format === undefined && vdev === undefined && FORMATS.includes(v)) format = v;
+    else if (vdev === undefined) vdev = v;
+    else if (access === undefined) access = v;
+    else throw bad(`too many values; ${shape}`);
+  }
+  if (target === undefined || vdev === undefined) throw bad(shape);
+
+  // Legacy `PREFIX:` on the target.
+  const prefix = /^(?:(?:tap2?:)?aio|file|raw):/.exec(target);
+  if (prefix) {
+    target = target.slice(prefix[0].length);
+  } else {
+    const other = /^((?:tap2?:)?(?:phy|qcow2?|vhd|qed|iscsi|nbd|rbd|drbd)):/.exec(target);
+    if (other) throw bad(`unsupported disk type '${other[1]}:' (pvio serves raw image files only)`);
+  }
+  if (format !== undefined && format !== 'raw') throw bad(`unsupported format ${q(format)} (only 'raw')`);
+  if (target === '') throw bad(`empty target path; ${shape}`);
+  if (target.includes('\0')) throw bad('target path contains a NUL character');
+
+  const vm = /^xvd([a-z])$/.exec(vdev);
+  if (!vm) throw bad(`bad vdev ${q(vdev)}: expected xvda ... xvdz`);
+  const index = vm[1]!.charCodeAt(0) - 0x61;
+
+  let readOnly: boolean;
+  const mode = access === undefined ? 'w' : access;
+  if (mode === 'r' || mode === 'ro') readOnly = true;
+  else if (mode === 'w' || mode === 'rw') readOnly = false;
+  else throw bad(`bad mode ${q(mode)}: expected r, ro, w or rw`);
+
+  return {
+    path: resolve(baseDir, target),
+    vdev,
+    virtualDevice: (XVD_MAJOR << 8) | (index << 4),
+    readOnly,
+  };
+}
+
+/**
+ * Parses the text of one config file (one guest domain).
+ *
+ * @param text the file's contents
+ * @param opts.file name used in error messages (default `<config>`)
+ * @param opts.baseDir directory that `kernel` and relative disk paths are resolved
+ *   against (normally the config file's directory)
+ * @returns the domain, with defaults filled in (`memoryMiB` 64, `vcpus` 1, no disks)
+ *   and absolute `kernel` and disk paths; nothing is checked on disk
+ * @throws ConfigError for the first problem found — malformed line, unknown key, a
+ *   key set twice, a value of the wrong type or range, a bad disk spec, a vdev used
+ *   twice, an unterminated list or string (at the line it opened), a missing `name`
+ *   or `kernel` (no line)
+ */
+export function parseConfig(text: string, opts: { file?: string; baseDir: string }): DomainConfig {
+  const file = opts.file ?? '<config>';
+  try {
+    return build(parseSettings(tokenize(text)), opts.baseDir);
+  } catch (e) {
+    if (e instanceof LocatedProblem) {
+      throw new ConfigError(e.problem, e.line === undefined ? { file } : { file, line: e.line });
+    }
+    throw e;
+  }
+}
+
+function build(settings: Map<Key, Setting>, baseDir: string): DomainConfig {
+  const get = (k: Key): Setting | undefined => settings.get(k);
+
+  const nameSetting = get('name');
+  if (!nameSetting) throw new LocatedProblem("missing required key 'name'", undefined);
+  const name = wantString(nameSetting);
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name.value) || name.value.length > 64) {
+    throw new LocatedProblem(
+      `bad name ${q(name.value)}: use letters, digits, '_', '.', '-' (at most 64, not starting with '_', '.' or '-')`,
+      name.line);
+  }
+
+  const kernelSetting = get('kernel');
+  if (!kernelSetting) throw new LocatedProblem("missing required key 'kernel'", undefined);
+  const kernel = wantString(kernelSetting);
+  if (kernel.value === '') throw new LocatedProblem('kernel must not be empty', kernel.line);
+  if (!KERNEL_EXTENSIONS.some((ext) => kernel.value.endsWith(ext))) {
+    throw new LocatedProblem(
+      `kernel ${q(kernel.value)} must be a TypeScript or JavaScript module (${KERNEL_EXTENSIONS.join(' ')})`,
+      kernel.line);
+  }
+
+  const memory = get('memory');
+  const vcpus = get('vcpus');
+  const extra = get('extra');
+
+  const disks: DiskSpec[] = [];
+  const diskSetting = get('disk');
+  if (diskSetting) {
+    if (diskSetting.value.kind !== 'list') {
+      throw new LocatedProblem(`disk must be a list of disk specs, e.g. [ 'file:disk.img,xvda,w' ], got ${valueKind(diskSetting.value)}`,
+        diskSetting.value.line);
+    }
+    const seenVdev = new Map<string, number>();
+    const seenPath = new Map<string, { line: number; disk: DiskSpec }>();
+    for (const item of diskSetting.value.items) {
+      if (item.kind !== 'string') {
+        throw new LocatedProblem(`disk entries must be quoted strings, got number ${item.text}`, item.line);
+      }
+      let d: DiskSpec;
+      try {
+        d = parseDiskSpecOrThrow(item.value, baseDir);
+      } catch (e) {
+        if (e instanceof LocatedProblem) throw new LocatedProblem(e.problem, item.line);
+        throw e;
+      }
+      const vLine = seenVdev.get(d.vdev);
+      if (vLine !== undefined) throw new LocatedProblem(`vdev ${d.vdev} is used twice (also at line ${vLine})`, item.line);
+      seenVdev.set(d.vdev, item.line);
+      const other = seenPath.get(d.path);
+      if (other && (!other.disk.readOnly || !d.readOnly)) {
+        throw new LocatedProblem(
+          `image ${q(d.path)} is attached twice (as ${other.disk.vdev} at line ${other.line}) and writable; attach it once, or read-only each time`,
+          item.line);
+      }
+      seenPath.set(d.path, { line: item.line, disk: d });
+      disks.push(d);
+    }
+  }
+
+  const config: DomainConfig = {
+    name: name.value,
+    memoryMiB: memory ? wantInt(memory, 'MiB', 1) : 64,
+    vcpus: vcpus ? wantInt(vcpus, 'vCPU count', 1) : 1,
+    kernel: isAbsolute(kernel.value) ? resolve(kernel.value) : resolve(baseDir, kernel.value),
+    disks,
+  };
+  if (extra) config.extra = wantString(extra).value;
+  return config;
+}
+
+/**
+ * Reads and parses one config file. Relative paths in it are resolved against the
+ * file's own directory.
+ *
+ * @param path path of the config file, as the user gave it (used in messages)
+ * @returns the parsed domain (see {@link parseConfig})
+ * @throws ConfigError if the file cannot be read (`PATH: cannot read config file:
+ *   ...`, with the fs error as `cause`), is larger than 1 MiB, or is invalid
+ */
+export function loadConfig(path: string): DomainConfig {
+  let text: string;
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+    // Checked before reading: `pvio up disk.img` must not slurp a disk image.
+    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError('config file is too large (over 1 MiB)', { file: path });
+    text = readFileSync(fd, 'utf8');
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    const why = err.code === 'ENOENT' ? 'no such file'
+      : err.code === 'EISDIR' ? 'is a directory'
+      : err.code === 'EACCES' ? 'permission denied'
+      : (err.code ?? String(err.message).split('\n')[0]);
+    throw new ConfigError(`cannot read config file: ${why}`, { file: path }, { cause: e });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  if (text.length > MAX_CONFIG_BYTES) throw new ConfigError('config file is too large (over 1 MiB)', { file: path });
+  return parseConfig(text, { file: path, baseDir: dirname(resolve(path)) });
+}

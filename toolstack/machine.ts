@@ -1,0 +1,281 @@
+/**
+ * A pvio machine, driven from the main thread: the hypervisor worker, dom0 and the
+ * guests. This is the toolstack's core (xl's `libxl` in spirit): it creates domains
+ * through the hypervisor, has dom0 introduce them to xenstored and attach their
+ * devices, unpauses them, collects their results, and tears everything down.
+ *
+ * Control traffic (domctl-style requests to the hypervisor, commands to dom0, guest
+ * results) travels by postMessage — it is not the data path.
+ */
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { isAbsolute, resolve } from 'node:path';
+import { PvioError, TimeoutError } from '../rings/errors.ts';
+import { SpinTokens } from '../hypervisor/spin.ts';
+import { SHUTDOWN, PAGE_SIZE } from '../hypervisor/abi.ts';
+import type { HvMessage, HvRequest } from '../hypervisor/main.ts';
+import type { CreateDomainOptions } from '../hypervisor/hypervisor.ts';
+import type { DiskSpec } from './config.ts';
+import type { Dom0Request, Dom0Reply } from './dom0.ts';
+
+const BOOTSTRAP = fileURLToPath(new URL('../hypervisor/worker-bootstrap.mjs', import.meta.url));
+const HV_ENTRY = new URL('../hypervisor/main.ts', import.meta.url).href;
+const DOM0_MODULE = new URL('./dom0.ts', import.meta.url).href;
+
+/** How a domain ended. */
+export interface DomainExit {
+  readonly domid: number;
+  readonly name: string;
+  /** `SHUTDOWN_*` reason: 0 poweroff, 3 crash. */
+  readonly reason: number;
+  /** What the guest's main returned (structured clone), if it returned. */
+  readonly value?: unknown;
+  /** The error text when the guest crashed. */
+  readonly error?: string;
+}
+
+/** A guest domain to create. */
+export interface GuestSpec {
+  readonly name: string;
+  /** Memory quota in MiB. */
+  readonly memoryMiB: number;
+  readonly vcpus: number;
+  /** Guest program: a module path (relative to cwd) or file URL. */
+  readonly kernel: string;
+  readonly args?: unknown;
+  readonly extra?: string;
+  readonly disks?: readonly DiskSpec[];
+}
+
+/** A running guest. */
+export interface GuestHandle {
+  readonly domid: number;
+  readonly name: string;
+  /** Resolves when the domain is destroyed. */
+  readonly exit: Promise<DomainExit>;
+  /** Messages the guest sent on its control port other than its result. */
+  onMessage(fn: (m: unknown) => void): void;
+}
+
+/** Options of {@link Machine.boot}. */
+export interface MachineOptions {
+  /** Spin tokens (default: the number of cores). */
+  readonly spinTokens?: number;
+  /** dom0 memory quota in MiB (default 256). */
+  readonly dom0MemoryMiB?: number;
+  /** Deadline for each control request (ms). */
+  readonly requestTimeoutMs?: number;
+}
+
+/** A control request failed or timed out. */
+export class MachineError extends PvioError {
+  constructor(message: string) {
+    super('PVIO_ERR_MACHINE', message);
+  }
+}
+
+interface Pending {
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+/** A machine: hypervisor + dom0 + guests. */
+export class Machine {
+  private reqId = 0;
+  private readonly hvPending = new Map<number, Pending>();
+  private readonly dom0Pending = new Map<number, Pending>();
+  private readonly exits = new Map<number, { resolve(e: DomainExit): void; name: string; value?: unknown; error?: string; listeners: Array<(m: unknown) => void> }>();
+  private dom0Exit: Promise<void> | null = null;
+  private closed = false;
+  private readonly timeoutMs: number;
+
+  private constructor(private readonly hv: Worker, private readonly dom0Port: MessagePort, opts: MachineOptions) {
+    this.timeoutMs = opts.requestTimeoutMs ?? 30_000;
+  }
+
+  /**
+   * Starts the hypervisor worker and dom0 (xenstored, console daemon, blkback).
+   * @throws MachineError when either does not come up.
+   */
+  static async boot(opts: MachineOptions = {}): Promise<Machine> {
+    const tokens = SpinTokens.createBuffer(opts.spinTokens ?? Math.max(1, availableParallelism()));
+    const hv = new Worker(BOOTSTRAP, { workerData: { entry: HV_ENTRY, spinTokens: tokens }, name: 'hypervisor' });
+    const ch = new MessageChannel();
+    const m = new Machine(hv, ch.port1, opts);
+    hv.on('message', (msg: HvMessage) => m.onHvMessage(msg));
+    hv.on('error', (e) => m.failAll(new MachineError(`hypervisor failed: ${e.message}`)));
+    ch.port1.on('message', (msg: Dom0Reply) => m.onDom0Message(msg));
+    const ready = new Promise<void>((res, rej) => {
+      const t = setTimeout(() => rej(new MachineError('dom0 did not start')), m.timeoutMs);
+      const onReady = (msg: Dom0Reply) => {
+        if (msg.type === 'ready') {
+          clearTimeout(t);
+          ch.port1.off('message', onReady);
+          res();
+        }
+      };
+      ch.port1.on('message', onReady);
+    });
+    const dom0Pages = ((opts.dom0MemoryMiB ?? 256) << 20) / PAGE_SIZE;
+    const dom0 = (await m.hvRequest({
+      type: 'createDomain', reqId: 0,
+      opts: { name: 'Domain-0', maxPages: dom0Pages, vcpus: 1, privileged: true, guest: { module: DOM0_MODULE }, controlPort: ch.port2 } as CreateDomainOptions,
+    }, [ch.port2])) as { domid: number };
+    m.trackExit(dom0.domid, 'Domain-0');
+    m.dom0Exit = m.exits.size ? new Promise((r) => { const e = m.exits.get(dom0.domid)!; const orig = e.resolve; e.resolve = (x) => { orig(x); r(); }; }) : null;
+    await m.hvRequest({ type: 'unpause', reqId: 0, domid: dom0.domid });
+    await ready;
+    return m;
+  }
+
+  private trackExit(domid: number, name: string): Promise<DomainExit> {
+    return new Promise<DomainExit>((resolveExit) => {
+      this.exits.set(domid, { resolve: resolveExit, name, listeners: [] });
+    });
+  }
+
+  private onHvMessage(msg: HvMessage): void {
+    if (msg.type === 'reply') {
+      const p = this.hvPending.get(msg.reqId);
+      if (!p) return;
+      this.hvPending.delete(msg.reqId);
+      clearTimeout(p.timer);
+      if (msg.ok) p.resolve(msg.value);
+      else p.reject(new MachineError(msg.error));
+      return;
+    }
+    if (msg.type === 'domainDestroyed') {
+      const e = this.exits.get(msg.domid);
+      if (msg.domid !== 0 && !this.closed) void this.dom0Request({ type: 'release', domid: msg.domid }).catch(() => {});
+      if (!e) return;
+      this.exits.delete(msg.domid);
+      const crashed = msg.reason === SHUTDOWN.crash || e.error !== undefined;
+      e.resolve({
+        domid: msg.domid, name: e.name, reason: crashed ? SHUTDOWN.crash : msg.reason, value: e.value,
+        error: e.error ?? (msg.reason === SHUTDOWN.crash ? (msg.error ?? 'crashed') : undefined),
+      });
+    }
+  }
+
+  private onDom0Message(msg: Dom0Reply): void {
+    if (msg.type !== 'reply') return;
+    const p = this.dom0Pending.get(msg.reqId);
+    if (!p) return;
+    this.dom0Pending.delete(msg.reqId);
+    clearTimeout(p.timer);
+    if (msg.ok) p.resolve(msg.value);
+    else p.reject(new MachineError(msg.error));
+  }
+
+  private failAll(e: Error): void {
+    for (const m of [this.hvPending, this.dom0Pending]) {
+      for (const p of m.values()) {
+        clearTimeout(p.timer);
+        p.reject(e);
+      }
+      m.clear();
+    }
+  }
+
+  private request<T>(map: Map<number, Pending>, send: (id: number) => void, what: string): Promise<T> {
+    const id = ++this.reqId;
+    return new Promise<T>((res, rej) => {
+      const timer = setTimeout(() => {
+        map.delete(id);
+        rej(new TimeoutError(`${what} got no answer within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      map.set(id, { resolve: res as (v: unknown) => void, reject: rej, timer });
+      send(id);
+    });
+  }
+
+  /** Sends a domctl-style request to the hypervisor. */
+  hvRequest(req: HvRequest, transfer: MessagePort[] = []): Promise<unknown> {
+    return this.request(this.hvPending, (id) => this.hv.postMessage({ ...req, reqId: id }, transfer), `hypervisor ${req.type}`);
+  }
+
+  /** Sends a command to dom0. */
+  dom0Request(req: Omit<Dom0Request, 'reqId'>): Promise<unknown> {
+    return this.request(this.dom0Pending, (id) => this.dom0Port.postMessage({ ...req, reqId: id }), `dom0 ${req.type}`);
+  }
+
+  /**
+   * Creates a guest: the domain (paused), its introduction to xenstored, its disks
+   * (backend and frontend directories), then unpauses it.
+   * @throws MachineError when dom0 cannot attach a disk (the domain is destroyed).
+   */
+  async createGuest(spec: GuestSpec): Promise<GuestHandle> {
+    const ctl = new MessageChannel();
+    const module = spec.kernel.startsWith('file:') ? spec.kernel : pathToFileURL(isAbsolute(spec.kernel) ? spec.kernel : resolve(spec.kernel)).href;
+    const created = (await this.hvRequest({
+      type: 'createDomain', reqId: 0,
+      opts: {
+        name: spec.name, maxPages: (spec.memoryMiB << 20) / PAGE_SIZE, vcpus: spec.vcpus,
+        guest: { module, args: spec.args ?? null, extra: spec.extra }, controlPort: ctl.port2,
+      } as CreateDomainOptions,
+    }, [ctl.port2])) as { domid: number; store: { mfn: number; port: number }; console: { mfn: number; port: number } };
+    const domid = created.domid;
+    const exit = this.trackExit(domid, spec.name);
+    const rec = this.exits.get(domid)!;
+    ctl.port1.on('message', (m: { type: string; value?: unknown; error?: string }) => {
+      if (m?.type === 'result') rec.value = m.value;
+      else if (m?.type === 'error') rec.error = m.error;
+      else for (const l of rec.listeners) l(m);
+    });
+    void exit.then(() => ctl.port1.close());
+    try {
+      await this.dom0Request({ type: 'introduce', domid, name: spec.name, storePort: created.store.port, consolePort: created.console.port });
+      for (const d of spec.disks ?? []) {
+        await this.dom0Request({ type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly });
+      }
+    } catch (e) {
+      await this.hvRequest({ type: 'destroy', reqId: 0, domid });
+      throw e;
+    }
+    await this.hvRequest({ type: 'unpause', reqId: 0, domid });
+    return { domid, name: spec.name, exit, onMessage: (fn) => rec.listeners.push(fn) };
+  }
+
+  /** Destroys a domain (as `xl destroy`). */
+  async destroy(domid: number): Promise<void> {
+    await this.hvRequest({ type: 'destroy', reqId: 0, domid });
+  }
+
+  /** Hypervisor counters. */
+  async hypervisorStats(): Promise<Record<string, unknown>> {
+    return (await this.hvRequest({ type: 'snapshot', reqId: 0 })) as Record<string, unknown>;
+  }
+
+  /** The handle audit: violations (empty when every handle was legitimate) and the log. */
+  async audit(): Promise<{ violations: string[]; entries: number; log: Array<{ domid: number; extentBase: number; owner: number; reason: string }> }> {
+    return (await this.hvRequest({ type: 'audit', reqId: 0 })) as never;
+  }
+
+  /** dom0's counters (blkback per device, xenstored, console). */
+  async dom0Stats(): Promise<Record<string, unknown>> {
+    return (await this.dom0Request({ type: 'stats' })) as Record<string, unknown>;
+  }
+
+  /**
+   * Destroys every domain, stops dom0 and the hypervisor, and resolves once every
+   * worker has exited. Idempotent.
+   */
+  async shutdown(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const hvExit = new Promise<void>((r) => this.hv.once('exit', () => r()));
+    try {
+      await this.dom0Request({ type: 'shutdown' }).catch(() => {});
+      await this.hvRequest({ type: 'shutdown', reqId: 0 });
+    } catch {
+      /* the hypervisor may already be gone */
+    }
+    this.dom0Port.close();
+    const t = setTimeout(() => void this.hv.terminate(), 10_000);
+    await hvExit;
+    clearTimeout(t);
+    this.failAll(new MachineError('machine shut down'));
+  }
+}

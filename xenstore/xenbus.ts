@@ -1,0 +1,141 @@
+/**
+ * XenbusState: the state machine each end of a split driver publishes in its
+ * XenStore directory as the decimal string in `<dir>/state`, and the helpers to
+ * set, read and wait for it (Linux `xenbus_switch_state`,
+ * `xenbus_read_driver_state`, and a watch-based wait).
+ *
+ * ```
+ *  frontend                         backend
+ *  Initialising                     Initialising
+ *                                   InitWait      (features published)
+ *  Initialised   (rings, evtchn)
+ *                                   Connected     (device properties)
+ *  Connected
+ *  Closing → Closed                 Closing → Closed
+ * ```
+ *
+ * @see io/xenbus.h, reference/xen-pv-abi.md §6.2
+ */
+import { TimeoutError, invariant } from '../rings/errors.ts';
+import type { XenbusClient, XenbusOperations, Unwatch } from './client.ts';
+
+/** `enum xenbus_state` (io/xenbus.h). */
+export enum XenbusState {
+  Unknown = 0,
+  Initialising = 1,
+  /** Finished early initialisation, waiting for the peer's information. */
+  InitWait = 2,
+  /** Initialised and waiting for a connection from the peer. */
+  Initialised = 3,
+  Connected = 4,
+  /** The device is being closed due to an error or an unplug event. */
+  Closing = 5,
+  Closed = 6,
+  /** Reconfiguring (netfront: XDP headroom changes). */
+  Reconfiguring = 7,
+  Reconfigured = 8,
+}
+
+/** `XenbusStateInitWait`-style name of a state, for logs (`"InitWait"`, or the number). */
+export function xenbusStateName(state: number): string {
+  return XenbusState[state] ?? String(state);
+}
+
+function statePath(dir: string): string {
+  return dir.endsWith('/') ? `${dir}state` : `${dir}/state`;
+}
+
+/**
+ * Writes `<dir>/state` as a decimal string (Linux `xenbus_switch_state`).
+ * @throws XenStoreError / TimeoutError / XenbusClosedError from the write.
+ */
+export async function switchState(client: XenbusOperations, dir: string, state: XenbusState): Promise<void> {
+  invariant(Number.isInteger(state) && state >= 0 && state <= XenbusState.Reconfigured, `switchState: bad state ${state}`);
+  await client.write(statePath(dir), String(state));
+}
+
+/**
+ * Reads `<dir>/state`. A missing node, or one that is not a decimal state
+ * number, reads as `Unknown` (as Linux `xenbus_read_driver_state`); the peer's
+ * value is never trusted beyond that.
+ * @throws XenStoreError (other than ENOENT) / TimeoutError / XenbusClosedError.
+ */
+export async function readState(client: XenbusOperations, dir: string): Promise<XenbusState> {
+  const v = await client.readOptional(statePath(dir));
+  if (v === undefined || !/^[0-9]{1,2}$/.test(v)) return XenbusState.Unknown;
+  const n = Number(v);
+  return n <= XenbusState.Reconfigured ? (n as XenbusState) : XenbusState.Unknown;
+}
+
+/** Options of {@link waitForState}. */
+export interface WaitForStateOptions {
+  /** Deadline in milliseconds (default 30 000). */
+  readonly timeoutMs?: number;
+}
+
+/**
+ * Waits until `<dir>/state` satisfies `predicate`, using a watch on the node
+ * (which fires once at once, so a state already reached resolves immediately).
+ * The watch is removed (in the background) when the promise settles.
+ *
+ * @returns the state that satisfied the predicate.
+ * @throws TimeoutError when the deadline passes first; XenStoreError /
+ *   XenbusClosedError when a read or the watch fails.
+ */
+export function waitForState(
+  client: XenbusClient,
+  dir: string,
+  predicate: (state: XenbusState) => boolean,
+  options: WaitForStateOptions = {},
+): Promise<XenbusState> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const path = statePath(dir);
+  return new Promise<XenbusState>((resolve, reject) => {
+    let settled = false;
+    let unwatch: Unwatch | undefined;
+    let checking = false;
+    let again = false;
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      const u = unwatch;
+      unwatch = undefined;
+      u?.().catch(() => undefined);
+      fn();
+    };
+    const timer = setTimeout(() => {
+      finish(() => reject(new TimeoutError(`waitForState ${path}: no matching state in ${timeoutMs} ms`)));
+    }, timeoutMs);
+    // One read at a time; an event during a read triggers one more read.
+    const check = async () => {
+      if (checking) {
+        again = true;
+        return;
+      }
+      checking = true;
+      try {
+        do {
+          again = false;
+          const s = await readState(client, dir);
+          if (settled) return;
+          if (predicate(s)) {
+            finish(() => resolve(s));
+            return;
+          }
+        } while (again && !settled);
+      } catch (e) {
+        finish(() => reject(e));
+      } finally {
+        checking = false;
+      }
+    };
+    client.watch(path, () => void check()).then(
+      (u) => {
+        if (settled) void u().catch(() => undefined);
+        else unwatch = u;
+      },
+      (e) => finish(() => reject(e)),
+    );
+  });
+}
