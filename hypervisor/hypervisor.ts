@@ -156,7 +156,7 @@ export interface HypervisorEvents {
 
 /** Path of the `.mjs` bootstrap that registers tsx and imports a `.ts` entry. */
 export const WORKER_BOOTSTRAP = fileURLToPath(new URL('./worker-bootstrap.mjs', import.meta.url));
-const DOMAIN_ENTRY = new URL('./domain-main.ts', import.meta.url).href;
+const DOMAIN_ENTRY = new URL('../toolstack/domain-main.ts', import.meta.url).href;
 
 /** The hypervisor: owns the frame table and every domain's hypervisor-side state. */
 export class Hypervisor {
@@ -668,6 +668,8 @@ export class Hypervisor {
     const sendPage = this.pairPage(remote.domid, local.domid);
     const recvPage = this.pairPage(local.domid, remote.domid);
     const rv = remote.vcpus[remote.evtchns.get(remotePort)?.vcpu ?? 0];
+    // A bound sender may bump the remote vCPU's wake word: it now shares that page.
+    rv.wakeFrame.sharers.add(local.domid);
     for (const [f, why] of [[sendPage, 'evtchn pair (send)'], [recvPage, 'evtchn pair (receive)'], [rv.wakeFrame, `wake page of dom${remote.domid}`]] as const) {
       const h = this.frames.give(local.domid, f, why);
       if (h) handles.push(h);

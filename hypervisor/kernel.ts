@@ -71,7 +71,7 @@ export class Kernel {
   private stopped = false;
   private idleDone: Promise<void> | null = null;
   private readonly teardown: Array<() => Promise<void> | void> = [];
-  private consoleFlush: (() => void) | null = null;
+  private consoleFlush: (() => boolean) | null = null;
   /** Idle-loop counters: wake-ups, spins that caught an event, passes. */
   readonly counters = { wakeups: 0, spinHits: 0, passes: 0 };
 
@@ -115,7 +115,8 @@ export class Kernel {
     const ends = consoleGuestEnds(new Uint8Array(buffer, 0, 4096));
     const pending: Uint8Array[] = [];
     const enc = new TextEncoder();
-    const flush = () => {
+    /** Writes what fits; @returns true when nothing is left pending. */
+    const flush = (): boolean => {
       let wrote = false;
       while (pending.length > 0) {
         const head = pending[0];
@@ -128,10 +129,11 @@ export class Kernel {
         pending.shift();
       }
       if (wrote) this.evtchn.notify(port);
+      return pending.length === 0;
     };
     this.consoleFlush = flush;
     // dom0 notifies us when it has consumed output: continue flushing then.
-    this.evtchn.on(port, () => flush());
+    this.evtchn.on(port, () => void flush());
     return {
       write: (t) => {
         pending.push(enc.encode(t));
@@ -144,10 +146,15 @@ export class Kernel {
     };
   }
 
-  /** Whether console output is still waiting for ring space. */
-  consolePending(): boolean {
-    this.consoleFlush?.();
-    return false;
+  /**
+   * Waits (up to `timeoutMs`) until every console byte is in the ring, so dom0 can
+   * still read it after this domain is gone.
+   */
+  async drainConsole(timeoutMs = 5000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (this.consoleFlush && !this.consoleFlush() && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   /**

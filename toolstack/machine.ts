@@ -19,6 +19,8 @@ import type { CreateDomainOptions } from '../hypervisor/hypervisor.ts';
 import type { DiskSpec } from './config.ts';
 import type { Dom0Request, Dom0Reply } from './dom0.ts';
 
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
 const BOOTSTRAP = fileURLToPath(new URL('../hypervisor/worker-bootstrap.mjs', import.meta.url));
 const HV_ENTRY = new URL('../hypervisor/main.ts', import.meta.url).href;
 const DOM0_MODULE = new URL('./dom0.ts', import.meta.url).href;
@@ -87,7 +89,6 @@ export class Machine {
   private readonly hvPending = new Map<number, Pending>();
   private readonly dom0Pending = new Map<number, Pending>();
   private readonly exits = new Map<number, { resolve(e: DomainExit): void; name: string; value?: unknown; error?: string; listeners: Array<(m: unknown) => void> }>();
-  private dom0Exit: Promise<void> | null = null;
   private closed = false;
   private readonly timeoutMs: number;
 
@@ -123,8 +124,7 @@ export class Machine {
       type: 'createDomain', reqId: 0,
       opts: { name: 'Domain-0', maxPages: dom0Pages, vcpus: 1, privileged: true, guest: { module: DOM0_MODULE }, controlPort: ch.port2 } as CreateDomainOptions,
     }, [ch.port2])) as { domid: number };
-    m.trackExit(dom0.domid, 'Domain-0');
-    m.dom0Exit = m.exits.size ? new Promise((r) => { const e = m.exits.get(dom0.domid)!; const orig = e.resolve; e.resolve = (x) => { orig(x); r(); }; }) : null;
+    void m.trackExit(dom0.domid, 'Domain-0');
     await m.hvRequest({ type: 'unpause', reqId: 0, domid: dom0.domid });
     await ready;
     return m;
@@ -197,7 +197,7 @@ export class Machine {
   }
 
   /** Sends a command to dom0. */
-  dom0Request(req: Omit<Dom0Request, 'reqId'>): Promise<unknown> {
+  dom0Request(req: DistributiveOmit<Dom0Request, 'reqId'>): Promise<unknown> {
     return this.request(this.dom0Pending, (id) => this.dom0Port.postMessage({ ...req, reqId: id }), `dom0 ${req.type}`);
   }
 

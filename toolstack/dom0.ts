@@ -1,0 +1,214 @@
+/**
+ * dom0's program: xenstored, the console daemon (xenconsoled), blkback, and the
+ * toolstack agent that carries out the main thread's commands — introducing a new
+ * domain to xenstored (mapping its XenStore page by grant ref 1 and binding its
+ * XenStore port), attaching its console (grant ref 0), creating its disks' backend
+ * and frontend directories, and releasing it when it is destroyed (`@releaseDomain`).
+ *
+ * @see docs/misc/xenstore.txt (INTRODUCE/RELEASE), tools/console/daemon, xl's device add
+ */
+import type { Kernel } from '../hypervisor/kernel.ts';
+import { GNTST, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE, type EvtchnPort, type GrantHandle } from '../hypervisor/abi.ts';
+import { serveGuestRing } from '../xenstore/connect.ts';
+import type { XenstoreRingServer } from '../xenstore/client.ts';
+import { XenbusState } from '../xenstore/xenbus.ts';
+import { consoleDom0Ends } from '../rings/console-ring.ts';
+import { BlkbackScheduler } from '../blkback/blkback.ts';
+import { BlkbackDevice } from '../blkback/xenbus.ts';
+import { RawFileStore } from '../blkback/raw-file-store.ts';
+
+/** A command from the toolstack to dom0. */
+export type Dom0Request =
+  | { type: 'introduce'; reqId: number; domid: number; name: string; storePort: number; consolePort: number }
+  | { type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean; initWaitDelayMs?: number }
+  | { type: 'release'; reqId: number; domid: number }
+  | { type: 'stats'; reqId: number }
+  | { type: 'shutdown'; reqId: number };
+
+/** dom0's answers (and its one `ready` notice). */
+export type Dom0Reply =
+  | { type: 'ready' }
+  | { type: 'reply'; reqId: number; ok: true; value: unknown }
+  | { type: 'reply'; reqId: number; ok: false; error: string };
+
+/** dom0's state for one introduced domain. */
+interface Guest {
+  domid: number;
+  name: string;
+  store: { server: XenstoreRingServer; port: EvtchnPort; handle: GrantHandle };
+  console: { port: EvtchnPort; handle: GrantHandle; drain(): void; partial: string };
+  disks: BlkbackDevice[];
+}
+
+/** dom0's main: serves toolstack commands until told to shut down. */
+export default async function dom0(k: Kernel): Promise<unknown> {
+  const xs = k.xenbus;
+  const xenstored = k.xenstored!;
+  const sched = new BlkbackScheduler();
+  const guests = new Map<number, Guest>();
+  const consoleCounters = { lines: 0, bytes: 0 };
+  await xs.write('/local/domain/0/name', 'Domain-0');
+  await xs.write('/local/domain/0/domid', '0');
+
+  // @releaseDomain: blkback tears down the devices of every domain that is gone.
+  await xs.watch('@releaseDomain', () => {
+    for (const g of guests.values()) {
+      if (!xenstored.isIntroduced(g.domid)) void teardownGuest(g);
+    }
+  });
+
+  function mapOne(domid: number, ref: number, what: string): { page: Uint8Array; handle: GrantHandle } {
+    const [m] = k.gnttab.map([{ domid, ref: ref as never, readonly: false }]);
+    if (m.status !== GNTST.okay) throw new Error(`cannot map ${what} of dom${domid}: status ${m.status}`);
+    return { page: m.page!, handle: m.handle };
+  }
+
+  function introduce(domid: number, name: string, storePort: number, consolePort: number): void {
+    const sp = mapOne(domid, GNTTAB_RESERVED_XENSTORE, 'XenStore page');
+    xenstored.introduce(domid);
+    const store = serveGuestRing(k.evtchn, xenstored, domid, sp.page, storePort);
+    const cp = mapOne(domid, GNTTAB_RESERVED_CONSOLE, 'console page');
+    const ends = consoleDom0Ends(cp.page);
+    const port = k.evtchn.bindInterdomain(domid, consolePort);
+    const buf = new Uint8Array(2048);
+    const dec = new TextDecoder();
+    const g: Guest = {
+      domid, name, disks: [], store: { ...store, handle: sp.handle },
+      console: {
+        port, handle: cp.handle, partial: '',
+        drain() {
+          let got = false;
+          for (;;) {
+            const n = ends.out.read(buf);
+            if (n === 0) break;
+            got = true;
+            consoleCounters.bytes += n;
+            g.console.partial += dec.decode(buf.subarray(0, n), { stream: true });
+          }
+          const lines = g.console.partial.split('\n');
+          g.console.partial = lines.pop()!;
+          for (const l of lines) {
+            consoleCounters.lines++;
+            process.stdout.write(`[${name}] ${l}\n`);
+          }
+          // Tell the guest there is room again.
+          if (got) k.evtchn.notify(port);
+        },
+      },
+    };
+    k.evtchn.on(port, () => {
+      try {
+        g.console.drain();
+      } catch (e) {
+        k.console.log(`console of ${name}: ${(e as Error).message}`);
+      }
+    });
+    guests.set(domid, g);
+  }
+
+  async function addDisk(r: Extract<Dom0Request, { type: 'addDisk' }>): Promise<void> {
+    const g = guests.get(r.domid);
+    if (!g) throw new Error(`dom${r.domid} is not introduced`);
+    const store = RawFileStore.open(r.path, { readOnly: r.readOnly });
+    const be = `/local/domain/0/backend/vbd/${r.domid}/${r.virtualDevice}`;
+    const fe = `/local/domain/${r.domid}/device/vbd/${r.virtualDevice}`;
+    // The toolstack's part of the handshake: both directories, both Initialising.
+    await xs.transaction(async (tx) => {
+      // Permissions first: nodes created below inherit their parent's.
+      await tx.mkdir(be);
+      await tx.setPerms(be, [{ domid: 0, perm: 'n' }, { domid: r.domid, perm: 'r' }]);
+      await tx.mkdir(fe);
+      await tx.setPerms(fe, [{ domid: r.domid, perm: 'n' }, { domid: 0, perm: 'r' }]);
+      await tx.write(`${be}/frontend`, fe);
+      await tx.write(`${be}/frontend-id`, String(r.domid));
+      await tx.write(`${be}/online`, '1');
+      await tx.write(`${be}/params`, r.path);
+      await tx.write(`${be}/mode`, r.readOnly ? 'r' : 'w');
+      await tx.write(`${be}/dev`, r.vdev);
+      await tx.write(`${be}/state`, String(XenbusState.Initialising));
+      await tx.write(`${fe}/backend`, be);
+      await tx.write(`${fe}/backend-id`, '0');
+      await tx.write(`${fe}/virtual-device`, String(r.virtualDevice));
+      await tx.write(`${fe}/device-type`, 'disk');
+      await tx.write(`${fe}/state`, String(XenbusState.Initialising));
+    });
+    const dev = new BlkbackDevice(k, sched, {
+      frontDomid: r.domid, devid: r.virtualDevice, name: `${g.name}/${r.vdev}`, store, readOnly: r.readOnly,
+      initWaitDelayMs: r.initWaitDelayMs,
+    });
+    g.disks.push(dev);
+    const started = dev.start();
+    if (!r.initWaitDelayMs) await started;
+    else void started;
+  }
+
+  const tearing = new Map<number, Promise<void>>();
+  function teardownGuest(g: Guest): Promise<void> {
+    let p = tearing.get(g.domid);
+    if (p) return p;
+    p = (async () => {
+      for (const d of g.disks) await d.destroy();
+      try {
+        g.console.drain();
+      } catch {
+        /* the page stays mapped until we unmap it below */
+      }
+      if (g.console.partial) process.stdout.write(`[${g.name}] ${g.console.partial}\n`);
+      for (const port of [g.console.port, g.store.port]) {
+        k.evtchn.off(port);
+        try {
+          k.evtchn.close(port);
+        } catch {
+          /* already closed */
+        }
+      }
+      k.gnttab.unmap([g.console.handle, g.store.handle]);
+      await xs.rm(`/local/domain/${g.domid}`).catch(() => undefined);
+      await xs.rm(`/local/domain/0/backend/vbd/${g.domid}`).catch(() => undefined);
+      guests.delete(g.domid);
+    })();
+    tearing.set(g.domid, p);
+    return p;
+  }
+
+  function stats(): unknown {
+    const disks: Record<string, unknown> = {};
+    for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError };
+    return {
+      disks, console: { ...consoleCounters }, xenstored: { ...xenstored.counters },
+      guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
+    };
+  }
+
+  const control = k.control!;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  control.on('message', (req: Dom0Request) => {
+    void (async () => {
+      try {
+        let value: unknown = null;
+        switch (req.type) {
+          case 'introduce': introduce(req.domid, req.name, req.storePort, req.consolePort); break;
+          case 'addDisk': await addDisk(req); break;
+          case 'release': {
+            const g = guests.get(req.domid);
+            if (xenstored.isIntroduced(req.domid)) xenstored.release(req.domid); // fires @releaseDomain
+            if (g) await teardownGuest(g);
+            break;
+          }
+          case 'stats': value = stats(); break;
+          case 'shutdown':
+            for (const g of [...guests.values()]) await teardownGuest(g);
+            resolveDone();
+            break;
+        }
+        control.postMessage({ type: 'reply', reqId: req.reqId, ok: true, value } satisfies Dom0Reply);
+      } catch (e) {
+        control.postMessage({ type: 'reply', reqId: req.reqId, ok: false, error: (e as Error).message } satisfies Dom0Reply);
+      }
+    })();
+  });
+  control.postMessage({ type: 'ready' } satisfies Dom0Reply);
+  await done;
+  return stats();
+}

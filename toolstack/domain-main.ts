@@ -1,0 +1,50 @@
+/**
+ * Entry of every domain vCPU worker (started by the hypervisor through
+ * hypervisor/worker-bootstrap.mjs). It builds the vCPU's {@link Kernel}, runs the
+ * event loop, waits for the first unpause, connects XenStore, and on vCPU 0:
+ * probes the frontends the toolstack attached (a domU's disks), imports the guest
+ * module and calls its default export with the kernel. Its result goes to the
+ * toolstack; then devices are torn down in order (Closing → Closed, grants ended,
+ * ports closed) and the domain shuts down with SCHEDOP_shutdown(poweroff).
+ *
+ * A guest that throws is a crashed domain: its error is printed on its console and
+ * it shuts down with SHUTDOWN_crash at once, without closing its devices, exactly
+ * like a kernel panic — its backends clean up on `@releaseDomain`.
+ */
+import { SHUTDOWN } from '../hypervisor/abi.ts';
+import type { BootInfo } from '../hypervisor/boot.ts';
+import { Kernel, type GuestMain } from '../hypervisor/kernel.ts';
+import { probeBlkfronts } from '../blkfront/xenbus.ts';
+
+/** Worker entry, called by the bootstrap with `workerData`. */
+export async function start(data: { boot: BootInfo }): Promise<void> {
+  const k = new Kernel(data.boot);
+  const idle = k.runIdleLoop();
+  await k.waitUnpaused();
+  k.connectXenStore();
+  if (k.vcpuId !== 0) {
+    // Secondary vCPUs serve the events bound to them until the domain is destroyed.
+    await idle;
+    return;
+  }
+  let reason: number = SHUTDOWN.poweroff;
+  try {
+    if (!k.privileged) for (const [name, dev] of await probeBlkfronts(k)) k.devices.set(name, dev);
+    const mod = (await import(data.boot.guest.module)) as { default?: GuestMain; main?: GuestMain };
+    const main = mod.default ?? mod.main;
+    if (typeof main !== 'function') throw new Error(`${data.boot.guest.module} has no default export`);
+    const value = await main(k);
+    k.control?.postMessage({ type: 'result', value });
+  } catch (e) {
+    reason = SHUTDOWN.crash;
+    const msg = e instanceof Error ? e.message : String(e);
+    k.console.log(`guest crashed: ${e instanceof Error && e.stack ? e.stack : msg}`);
+    k.control?.postMessage({ type: 'error', error: msg });
+  }
+  if (reason === SHUTDOWN.poweroff) await k.runTeardown();
+  await k.drainConsole();
+  k.control?.close();
+  k.shutdown(reason);
+  k.stop();
+  await idle;
+}
