@@ -47,6 +47,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   const sched = new BlkbackScheduler();
   const guests = new Map<number, Guest>();
   const consoleCounters = { lines: 0, bytes: 0 };
+  /** Final counters of devices whose domain is gone, by device name. */
+  const retired: Record<string, unknown> = {};
   await xs.write('/local/domain/0/name', 'Domain-0');
   await xs.write('/local/domain/0/domid', '0');
 
@@ -147,7 +149,10 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     let p = tearing.get(g.domid);
     if (p) return p;
     p = (async () => {
-      for (const d of g.disks) await d.destroy();
+      for (const d of g.disks) {
+        await d.destroy();
+        retired[d.opts.name] = { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError };
+      }
       try {
         g.console.drain();
       } catch {
@@ -172,7 +177,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   }
 
   function stats(): unknown {
-    const disks: Record<string, unknown> = {};
+    const disks: Record<string, unknown> = { ...retired };
     for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError };
     return {
       disks, console: { ...consoleCounters }, xenstored: { ...xenstored.counters },

@@ -1,0 +1,213 @@
+/**
+ * The `pvio` command. `pvio up [CONFIG] [--disk PATH]` boots a machine (hypervisor,
+ * dom0 with xenstored, the console daemon and blkback, and one guest), shows
+ * progress while the guest reads its disk, prints what the guest printed (through
+ * its console ring) and a summary, and exits once every worker has exited.
+ *
+ * With no CONFIG, the built-in default machine: the default guest
+ * (toolstack/guests/default.ts) with the Node executable attached read-only as
+ * `xvda` (or `--disk PATH`) and a new sparse scratch image as `xvdb`.
+ *
+ * Bad input (a missing or unreadable disk, a malformed config, an unknown option)
+ * is one line on stderr and a non-zero exit, with no worker started. SIGINT tears
+ * every domain down and exits with 130.
+ */
+import { accessSync, constants, createReadStream, statSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { PvioError } from '../rings/errors.ts';
+import { RawFileStore } from '../blkback/raw-file-store.ts';
+import { parseCli, USAGE, type UpCommand } from './args.ts';
+import { loadConfig, parseDiskSpec, type DiskSpec } from './config.ts';
+import { Machine, type GuestSpec } from './machine.ts';
+import { createProgress } from './progress.ts';
+import type { DefaultGuestResult } from './guests/default.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const DEFAULT_GUEST = join(ROOT, 'toolstack', 'guests', 'default.ts');
+
+/** Where pvio keeps its scratch images: `$PVIO_DATA_DIR`, else `$XDG_DATA_HOME/pvio`, else `~/.local/share/pvio`. */
+export function dataDir(): string {
+  return process.env.PVIO_DATA_DIR ?? join(process.env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'pvio');
+}
+
+/** One-line description of a filesystem error for a path. */
+function describeFsError(path: string, e: NodeJS.ErrnoException): string {
+  const what: Record<string, string> = { ENOENT: 'no such file', EACCES: 'permission denied', EISDIR: 'is a directory', ENOTDIR: 'not a directory' };
+  return `cannot read disk ${path}: ${e.code ?? 'error'}${e.code && what[e.code] ? ` (${what[e.code]})` : ''}`;
+}
+
+/**
+ * Checks that every disk is a readable regular file before anything boots.
+ * @returns notes to print (sizes that are not a multiple of 512).
+ * @throws PvioError naming the first bad path.
+ */
+function checkDisks(disks: readonly DiskSpec[]): string[] {
+  const notes: string[] = [];
+  for (const d of disks) {
+    try {
+      const st = statSync(d.path);
+      if (!st.isFile()) throw Object.assign(new Error('not a file'), { code: st.isDirectory() ? 'EISDIR' : 'EINVAL' });
+      accessSync(d.path, d.readOnly ? constants.R_OK : constants.R_OK | constants.W_OK);
+      if (st.size % 512 !== 0) {
+        notes.push(`${d.vdev}: ${d.path} is ${st.size} bytes, not a multiple of 512: the disk has floor(${st.size}/512) = ${Math.floor(st.size / 512)} sectors`);
+      }
+    } catch (e) {
+      throw new PvioError('PVIO_ERR_DISK', describeFsError(d.path, e as NodeJS.ErrnoException));
+    }
+  }
+  return notes;
+}
+
+/** SHA-256 of the first `bytes` bytes of a file, computed on the host. */
+function hostDigest(path: string, bytes: number): Promise<string> {
+  return new Promise((res, rej) => {
+    const h = createHash('sha256');
+    if (bytes === 0) return res(h.digest('hex'));
+    createReadStream(path, { start: 0, end: bytes - 1 }).on('data', (c) => h.update(c)).on('end', () => res(h.digest('hex'))).on('error', rej);
+  });
+}
+
+function version(): string {
+  return (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** Builds the guest of `pvio up` from the command line. */
+function guestFromCli(cmd: UpCommand): { spec: GuestSpec; notes: string[]; isDefault: boolean } {
+  if (cmd.config) {
+    const cfg = loadConfig(cmd.config);
+    const disks = [...cfg.disks];
+    if (cmd.disk) {
+      if (disks.some((d) => d.vdev === 'xvda')) throw new PvioError('PVIO_ERR_USAGE', `--disk: ${cmd.config} already has an xvda`);
+      disks.unshift(parseDiskSpec(`${resolve(cmd.disk)},xvda,r`, process.cwd()));
+    }
+    return { spec: { name: cfg.name, memoryMiB: cfg.memoryMiB, vcpus: cfg.vcpus, kernel: cfg.kernel, extra: cfg.extra, disks }, notes: checkDisks(disks), isDefault: false };
+  }
+  const xvda = parseDiskSpec(`${resolve(cmd.disk ?? process.execPath)},xvda,r`, process.cwd());
+  const notes = checkDisks([xvda]);
+  const scratch = join(dataDir(), 'scratch.img');
+  const scratchMiB = cmd.scratchMiB ?? 64;
+  RawFileStore.createSparse(scratch, scratchMiB * 1048576);
+  const xvdb = parseDiskSpec(`${scratch},xvdb,w`, process.cwd());
+  return {
+    spec: { name: 'guest', memoryMiB: 64, vcpus: 1, kernel: DEFAULT_GUEST, args: { writeMiB: Math.min(16, scratchMiB) }, disks: [xvda, xvdb] },
+    notes, isDefault: true,
+  };
+}
+
+/**
+ * Runs the `pvio` command.
+ * @returns the process exit status (0 ok, 1 failure, 2 usage, 130 interrupted).
+ */
+export async function main(argv: string[]): Promise<number> {
+  const err = (msg: string) => process.stderr.write(`pvio: ${msg}\n`);
+  let cmd;
+  try {
+    cmd = parseCli(argv);
+  } catch (e) {
+    err((e as Error).message);
+    return 2;
+  }
+  if (cmd.command === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (cmd.command === 'version') {
+    process.stdout.write(`pvio ${version()}\n`);
+    return 0;
+  }
+  let plan;
+  try {
+    plan = guestFromCli(cmd);
+  } catch (e) {
+    if (e instanceof PvioError) {
+      err(e.message);
+      return e.code === 'PVIO_ERR_USAGE' ? 2 : 1;
+    }
+    throw e;
+  }
+  const say = (s: string) => {
+    if (!cmd.quiet) process.stdout.write(`${s}\n`);
+  };
+  for (const n of plan.notes) say(`pvio: note: ${n}`);
+
+  const t0 = performance.now();
+  const machine = await Machine.boot();
+  let interrupted = false;
+  const onSigint = () => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write('pvio: interrupted, tearing every domain down\n');
+    void machine.shutdown();
+  };
+  process.on('SIGINT', onSigint);
+  let progress: ReturnType<typeof createProgress> | null = null;
+  let poll: NodeJS.Timeout | null = null;
+  try {
+    const disks = plan.spec.disks ?? [];
+    const xvda = disks.find((d) => d.vdev === 'xvda');
+    const xvdaBytes = xvda ? Math.floor(statSync(xvda.path).size / 512) * 512 : 0;
+    const digest = xvda && plan.isDefault ? hostDigest(xvda.path, xvdaBytes) : null;
+    say(`pvio: booted the hypervisor and Domain-0 in ${((performance.now() - t0) / 1000).toFixed(2)} s; starting ${plan.spec.name} ` +
+      `with ${disks.map((d) => `${d.vdev}=${d.path}${d.readOnly ? ' (r)' : ' (w)'}`).join(', ') || 'no disks'}`);
+    const g = await machine.createGuest(plan.spec);
+    if (xvda && plan.isDefault) {
+      progress = createProgress({ total: xvdaBytes, label: 'xvda', enabled: cmd.progress && !cmd.quiet });
+      const key = `${plan.spec.name}/xvda`;
+      poll = setInterval(() => {
+        void machine.dom0Stats().then((s) => {
+          const d = (s.disks as Record<string, { bytesRead: number }>)[key];
+          if (d && progress) progress.update(Math.min(d.bytesRead, xvdaBytes));
+        }).catch(() => undefined);
+      }, 200);
+    }
+    const exit = await g.exit;
+    if (poll) clearInterval(poll);
+    if (progress) {
+      if (exit.reason === 0) progress.update(xvdaBytes);
+      progress.stop();
+      progress = null;
+    }
+    if (interrupted) return 130;
+    if (exit.reason !== 0) {
+      err(`${exit.name} crashed: ${exit.error ?? 'unknown error'}`);
+      return 1;
+    }
+    let ok = true;
+    if (plan.isDefault) {
+      const r = exit.value as DefaultGuestResult;
+      const [dom0, hv] = await Promise.all([machine.dom0Stats(), machine.hypervisorStats()]);
+      const be = (dom0.disks as Record<string, { bytesRead: number; bytesWritten: number; requests: number; notifications: number; grantMaps: number; mapHypercalls: number }>);
+      const ba = be[`${plan.spec.name}/xvda`];
+      const bb = be[`${plan.spec.name}/xvdb`];
+      if (r.xvda && digest) {
+        const host = await digest;
+        const same = host === r.xvda.sha256;
+        ok &&= same;
+        say(`pvio: host sha256 of the first ${xvdaBytes} bytes of ${xvda!.path}: ${host} — ${same ? 'equal to the guest\'s (OK)' : 'DIFFERENT from the guest\'s'}`);
+        const carried = ba?.bytesRead ?? 0;
+        ok &&= carried === xvdaBytes;
+        say(`pvio: blkback carried ${carried} bytes of xvda over the ring; the disk has ${xvdaBytes} bytes (${carried === xvdaBytes ? 'equal' : 'DIFFERENT'})`);
+      }
+      if (r.xvdb) ok &&= r.xvdb.verified;
+      const requests = (ba?.requests ?? 0) + (bb?.requests ?? 0);
+      const beNotes = (ba?.notifications ?? 0) + (bb?.notifications ?? 0);
+      const hc = hv.hypercalls as Record<string, number>;
+      say(`pvio: blkback served ${requests} requests; notifications per request: frontend→backend ${r.frontend.notificationsPerRequest.toFixed(3)}, ` +
+        `backend→frontend ${(requests ? beNotes / requests : 0).toFixed(3)}`);
+      say(`pvio: hypercalls by kind ${JSON.stringify(hc)}; grant maps ${hv.grantMaps as number} (in ${(ba?.mapHypercalls ?? 0) + (bb?.mapHypercalls ?? 0)} batched map calls), unmaps ${hv.grantUnmaps as number}`);
+    }
+    say(`pvio: ${exit.name} exited (poweroff) after ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+    return ok ? 0 : 1;
+  } catch (e) {
+    err(e instanceof Error ? e.message : String(e));
+    return 1;
+  } finally {
+    if (poll) clearInterval(poll);
+    progress?.stop();
+    await machine.shutdown();
+    process.off('SIGINT', onSigint);
+  }
+}
