@@ -53,6 +53,8 @@ export class Blkfront {
   /** Logical sector size in bytes (the `sector-size` key). */
   readonly sectorSize: number;
   readonly readOnly: boolean;
+  /** The backend's state when this frontend went Initialised (the handshake's order, for tests). */
+  backendStateAtInitialised: XenbusState = XenbusState.Unknown;
   private closed = false;
 
   constructor(
@@ -147,6 +149,7 @@ export async function connectBlkfront(k: Kernel, devid: string, timeoutMs = HAND
   const ring = FrontRing.init(extent.bytes, abi.entrySize); // only the frontend initialises
   const ringRef = k.gnttab.grantAccess(backendId, extent.mfn, false);
   const port = k.evtchn.allocUnbound(backendId);
+  const backendAtInit = await readState(xb, backendDir);
   await xb.transaction(async (tx) => {
     await tx.write(`${dir}/ring-ref`, String(ringRef));
     await tx.write(`${dir}/event-channel`, String(port));
@@ -172,6 +175,7 @@ export async function connectBlkfront(k: Kernel, devid: string, timeoutMs = HAND
   k.evtchn.on(port, () => data.onEvent());
   await switchState(xb, dir, XenbusState.Connected);
   const dev = new Blkfront(k, vdevName(virtualDevice), virtualDevice, dir, backendDir, data, extent, ringRef, port, sectorSize);
+  dev.backendStateAtInitialised = backendAtInit;
   // The backend re-writing Connected announces a resize; Closing means it is going away.
   const unwatch = await xb.watch(`${backendDir}/state`, () => {
     void (async () => {

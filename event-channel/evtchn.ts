@@ -350,6 +350,20 @@ export class EventChannels {
     return (Atomics.load(this.si, this.myVi) & UPCALL_PENDING_BITS) !== 0;
   }
 
+  /**
+   * The pair page this domain writes into when it sends on `port` (receiver = the
+   * peer). Exposed for adversarial tests, which write garbage here as a hostile
+   * peer could; drivers never need it.
+   */
+  sendPageOf(port: EvtchnPort): Int32Array | undefined {
+    return this.bindings.get(port)?.send;
+  }
+
+  /** The wake word of the peer vCPU `port` notifies (for adversarial tests). */
+  remoteWakeOf(port: EvtchnPort): Int32Array | undefined {
+    return this.bindings.get(port)?.remoteWake;
+  }
+
   /** Ports with a binding to a peer, for teardown. */
   boundPorts(): number[] {
     return [...this.bindings.keys()];

@@ -886,10 +886,12 @@ export class Hypervisor {
   }
 
   /** Counter snapshot for reports. */
-  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: Array<{ domid: number; name: string; state: DomainState; ramPages: number }> } {
+  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: Array<{ domid: number; name: string; state: DomainState; ramPages: number; mappings: number; ports: number }> } {
     return {
       ...this.counters, hypercalls: { ...this.counters.hypercalls }, frames: { ...this.frames.counters },
-      domains: [...this.domains.values()].map((d) => ({ domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages })),
+      domains: [...this.domains.values()].map((d) => ({
+        domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages, mappings: d.maptrack.size, ports: d.evtchns.size,
+      })),
     };
   }
 }

@@ -47,6 +47,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   const sched = new BlkbackScheduler();
   const guests = new Map<number, Guest>();
   const consoleCounters = { lines: 0, bytes: 0 };
+  /** `@releaseDomain` watch events seen (the first one fires when the watch is set). */
+  let releaseDomainEvents = 0;
   /** Final counters of devices whose domain is gone, by device name. */
   const retired: Record<string, unknown> = {};
   await xs.write('/local/domain/0/name', 'Domain-0');
@@ -54,6 +56,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
 
   // @releaseDomain: blkback tears down the devices of every domain that is gone.
   await xs.watch('@releaseDomain', () => {
+    releaseDomainEvents++;
     for (const g of guests.values()) {
       if (!xenstored.isIntroduced(g.domid)) void teardownGuest(g);
     }
@@ -180,7 +183,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const disks: Record<string, unknown> = { ...retired };
     for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError };
     return {
-      disks, console: { ...consoleCounters }, xenstored: { ...xenstored.counters },
+      disks, console: { ...consoleCounters }, releaseDomainEvents, xenstored: { ...xenstored.counters },
       guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
     };
   }

@@ -48,6 +48,8 @@ export interface GuestSpec {
   readonly args?: unknown;
   readonly extra?: string;
   readonly disks?: readonly DiskSpec[];
+  /** Test hook: blkback waits this long (ms) before InitWait, so the frontend gets to Initialised first. */
+  readonly initWaitDelayMs?: number;
 }
 
 /** A running guest. */
@@ -58,6 +60,12 @@ export interface GuestHandle {
   readonly exit: Promise<DomainExit>;
   /** Messages the guest sent on its control port other than its result. */
   onMessage(fn: (m: unknown) => void): void;
+  /**
+   * Calls an operation the guest serves on its control port (see test/guests/rpc.ts):
+   * posts `{type: 'call', id, op, args}` and resolves with the guest's `reply`.
+   * @throws MachineError with the guest's error text; TimeoutError after `timeoutMs`.
+   */
+  call(op: string, args?: unknown, timeoutMs?: number): Promise<unknown>;
 }
 
 /** Options of {@link Machine.boot}. */
@@ -219,23 +227,47 @@ export class Machine {
     const domid = created.domid;
     const exit = this.trackExit(domid, spec.name);
     const rec = this.exits.get(domid)!;
-    ctl.port1.on('message', (m: { type: string; value?: unknown; error?: string }) => {
+    const calls = new Map<number, Pending>();
+    let callId = 0;
+    ctl.port1.on('message', (m: { type: string; id?: number; ok?: boolean; value?: unknown; error?: string }) => {
       if (m?.type === 'result') rec.value = m.value;
       else if (m?.type === 'error') rec.error = m.error;
-      else for (const l of rec.listeners) l(m);
+      else if (m?.type === 'reply' && m.id !== undefined && calls.has(m.id)) {
+        const p = calls.get(m.id)!;
+        calls.delete(m.id);
+        clearTimeout(p.timer);
+        if (m.ok) p.resolve(m.value);
+        else p.reject(new MachineError(m.error ?? 'guest call failed'));
+      } else for (const l of rec.listeners) l(m);
     });
-    void exit.then(() => ctl.port1.close());
+    void exit.then(() => {
+      ctl.port1.close();
+      for (const p of calls.values()) {
+        clearTimeout(p.timer);
+        p.reject(new MachineError(`${spec.name} exited`));
+      }
+      calls.clear();
+    });
+    const call = (op: string, args?: unknown, timeoutMs = this.timeoutMs) => new Promise<unknown>((res, rej) => {
+      const id = ++callId;
+      const timer = setTimeout(() => {
+        calls.delete(id);
+        rej(new TimeoutError(`${spec.name}: call ${op} got no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      calls.set(id, { resolve: res, reject: rej, timer });
+      ctl.port1.postMessage({ type: 'call', id, op, args });
+    });
     try {
       await this.dom0Request({ type: 'introduce', domid, name: spec.name, storePort: created.store.port, consolePort: created.console.port });
       for (const d of spec.disks ?? []) {
-        await this.dom0Request({ type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly });
+        await this.dom0Request({ type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly, initWaitDelayMs: spec.initWaitDelayMs });
       }
     } catch (e) {
       await this.hvRequest({ type: 'destroy', reqId: 0, domid });
       throw e;
     }
     await this.hvRequest({ type: 'unpause', reqId: 0, domid });
-    return { domid, name: spec.name, exit, onMessage: (fn) => rec.listeners.push(fn) };
+    return { domid, name: spec.name, exit, onMessage: (fn) => rec.listeners.push(fn), call };
   }
 
   /** Destroys a domain (as `xl destroy`). */

@@ -1,0 +1,169 @@
+/**
+ * A test guest that serves operations on its toolstack control port, so a test can
+ * drive grants, event channels, XenStore and disks across real worker domains
+ * (`GuestHandle.call(op, args)`). Its main resolves on `exit` and rejects on `crash`.
+ * Everything it does goes through the kernel's public interfaces; `garbage` plays a
+ * hostile peer by writing into the pair page it shares with another domain.
+ */
+import { createHash } from 'node:crypto';
+import type { Kernel } from '../../hypervisor/kernel.ts';
+import type { GuestPage } from '../../hypervisor/guest-memory.ts';
+import type { EvtchnPort, GrantHandle, GrantRef } from '../../hypervisor/abi.ts';
+import type { Blkfront } from '../../blkfront/xenbus.ts';
+import type { CopyRequest } from '../../grant-table/gnttab.ts';
+
+type Args = Record<string, unknown> & { [k: string]: any };
+
+export default function main(k: Kernel): Promise<unknown> {
+  const pages = new Map<number, GuestPage>();
+  const mapped = new Map<number, Uint8Array>();
+  const counts = new Map<number, number>();
+  const ctl = k.control!;
+  let finish!: (v: unknown) => void;
+  let fail!: (e: Error) => void;
+  const done = new Promise<unknown>((res, rej) => {
+    finish = res;
+    fail = rej;
+  });
+  const count = (port: EvtchnPort) => () => counts.set(port, (counts.get(port) ?? 0) + 1);
+  const until = async (cond: () => boolean, ms: number, what: string) => {
+    const deadline = performance.now() + ms;
+    while (!cond()) {
+      if (performance.now() > deadline) throw new Error(`timeout waiting for ${what}`);
+      await new Promise((r) => setImmediate(r));
+    }
+  };
+  const disk = (name: string) => {
+    const d = k.devices.get(name) as Blkfront | undefined;
+    if (!d) throw new Error(`no disk ${name}`);
+    return d;
+  };
+
+  const ops: Record<string, (a: Args) => unknown> = {
+    info: () => ({ domid: k.domid, name: k.name, devices: [...k.devices.keys()] }),
+    allocPages: (a) => k.memory.allocPages(a.n).map((p) => (pages.set(p.mfn, p), p.mfn)),
+    fill: (a) => void pages.get(a.mfn)!.bytes.set(new TextEncoder().encode(a.text), a.offset ?? 0),
+    readPage: (a) => new TextDecoder().decode(pages.get(a.mfn)!.bytes.subarray(a.offset ?? 0, (a.offset ?? 0) + a.len)),
+    grant: (a) => k.gnttab.grantAccess(a.domid, a.mfn, a.readonly),
+    endAccess: (a) => k.gnttab.endAccess(a.ref as GrantRef),
+    grantFlags: (a) => k.gnttab.flags(a.ref as GrantRef),
+    map: (a) => k.gnttab.map(a.reqs).map((r) => {
+      if (r.page) mapped.set(r.handle, r.page);
+      return { status: r.status, handle: r.handle, mfn: r.mfn };
+    }),
+    readMapped: (a) => new TextDecoder().decode(mapped.get(a.handle)!.subarray(0, a.len)),
+    writeMapped: (a) => void mapped.get(a.handle)!.set(new TextEncoder().encode(a.text)),
+    unmap: (a) => {
+      for (const h of a.handles) mapped.delete(h);
+      return k.gnttab.unmap(a.handles as GrantHandle[]);
+    },
+    copy: (a) => k.gnttab.copy(a.reqs as CopyRequest[]),
+    allocUnbound: (a) => {
+      const p = k.evtchn.allocUnbound(a.remote);
+      k.evtchn.on(p, count(p));
+      return p;
+    },
+    bind: (a) => {
+      const p = k.evtchn.bindInterdomain(a.remote, a.port);
+      k.evtchn.on(p, count(p));
+      return p;
+    },
+    echo: (a) => {
+      const p = a.port as EvtchnPort;
+      k.evtchn.on(p, () => {
+        count(p)();
+        k.evtchn.notify(p);
+      });
+    },
+    evtCount: (a) => counts.get(a.port) ?? 0,
+    notify: (a) => {
+      for (let i = 0; i < (a.n ?? 1); i++) k.evtchn.notify(a.port);
+    },
+    pingpong: async (a) => {
+      const p = a.port as EvtchnPort;
+      const t0 = performance.now();
+      for (let r = 0; r < a.rounds; r++) {
+        const before = counts.get(p) ?? 0;
+        k.evtchn.notify(p);
+        await until(() => (counts.get(p) ?? 0) > before, 5000, `echo ${r}`);
+      }
+      return { rounds: a.rounds, usPerRound: ((performance.now() - t0) * 1000) / a.rounds };
+    },
+    garbage: (a) => {
+      // A hostile peer: set every bit of the pair page and hammer the wake word.
+      const page = k.evtchn.sendPageOf(a.port)!;
+      for (let i = 0; i < page.length; i++) Atomics.store(page, i, -1);
+      const w = k.evtchn.remoteWakeOf(a.port)!;
+      for (let i = 0; i < 100; i++) {
+        Atomics.store(w, 0, (Math.random() * 2 ** 31) | 0);
+        Atomics.notify(w, 0);
+      }
+    },
+    closePort: (a) => k.evtchn.close(a.port),
+    status: (a) => k.evtchn.status(a.port),
+    counters: () => ({ evtchn: { ...k.evtchn.counters }, gnttab: { ...k.gnttab.counters } }),
+    xsRead: async (a) => {
+      try {
+        return { value: await k.xenbus.read(a.path) };
+      } catch (e) {
+        return { errno: (e as { errno?: string }).errno ?? String(e) };
+      }
+    },
+    xsWrite: async (a) => {
+      try {
+        await k.xenbus.write(a.path, a.value);
+        return { ok: true };
+      } catch (e) {
+        return { errno: (e as { errno?: string }).errno ?? String(e) };
+      }
+    },
+    diskInfo: (a) => {
+      const d = disk(a.name);
+      return { sectors: d.sectors, readOnly: d.readOnly, backendStateAtInitialised: d.backendStateAtInitialised, counters: { ...d.counters } };
+    },
+    readDisk: async (a) => {
+      const d = disk(a.name);
+      return createHash('sha256').update(await d.read(a.sector ?? 0, a.count ?? d.sectors)).digest('hex');
+    },
+    writeDisk: async (a) => {
+      const d = disk(a.name);
+      const data = new Uint8Array(a.count * 512).fill(a.byte);
+      await d.write(a.sector, data);
+      await d.flush();
+      return createHash('sha256').update(data).digest('hex');
+    },
+    writeExpectError: async (a) => {
+      try {
+        await disk(a.name).write(0, new Uint8Array(512));
+        return 'no error';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    },
+    readForever: (a) => {
+      const d = disk(a.name);
+      const loop = async () => {
+        for (;;) await Promise.all(Array.from({ length: 8 }, (_, i) => d.read((i * 88) % Math.max(1, d.sectors - 88), Math.min(88, d.sectors))));
+      };
+      void loop().catch(() => undefined);
+      return d.inFlight;
+    },
+    inFlight: (a) => disk(a.name).inFlight,
+    exit: (a) => finish(a.value ?? null),
+    crash: (a) => void setImmediate(() => fail(new Error(a.message ?? 'guest crashed on purpose'))),
+  };
+
+  ctl.on('message', (m: { type: string; id: number; op: string; args: Args }) => {
+    if (m?.type !== 'call') return;
+    void (async () => {
+      try {
+        const f = ops[m.op];
+        if (!f) throw new Error(`unknown op ${m.op}`);
+        ctl.postMessage({ type: 'reply', id: m.id, ok: true, value: await f(m.args ?? {}) });
+      } catch (e) {
+        ctl.postMessage({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
+      }
+    })();
+  });
+  return done;
+}

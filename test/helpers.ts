@@ -1,0 +1,30 @@
+// Shared helpers for tests that boot a machine with real worker domains.
+import { fileURLToPath } from 'node:url';
+import { Machine, type GuestHandle, type GuestSpec } from '../toolstack/machine.ts';
+
+/** Path of a test guest module in test/guests/. */
+export function guestPath(name: string): string {
+  return fileURLToPath(new URL(`./guests/${name}`, import.meta.url));
+}
+
+/** Creates an RPC test guest (test/guests/rpc.ts). */
+export function rpcGuest(m: Machine, name: string, extra: Partial<GuestSpec> = {}): Promise<GuestHandle> {
+  return m.createGuest({ name, memoryMiB: 16, vcpus: 1, kernel: guestPath('rpc.ts'), ...extra });
+}
+
+/** Polls `fn` until it returns a truthy value or `ms` pass. @throws Error on timeout. */
+export async function eventually<T>(fn: () => Promise<T> | T, ms = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Per-domain hypervisor numbers from a snapshot. */
+export async function domainInfo(m: Machine, domid: number): Promise<{ state: string; mappings: number; ports: number } | undefined> {
+  const s = (await m.hypervisorStats()) as { domains: Array<{ domid: number; state: string; mappings: number; ports: number }> };
+  return s.domains.find((d) => d.domid === domid);
+}
