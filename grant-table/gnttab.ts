@@ -176,6 +176,38 @@ export class GrantTable {
   }
 
   /**
+   * Maps a multi-page shared ring (`ring-ref0..N-1`) as one contiguous region.
+   * pvio limit (a JS view cannot join several buffers): the refs must name
+   * consecutive pages of one extent of the granting domain, in order, starting at
+   * the extent's first page; anything else is refused and whatever was mapped is
+   * unmapped again.
+   * @returns the handles and a view of the whole ring (refs.length × 4096 bytes).
+   * @throws GrantError with the first failing GNTST status, or GNTST_general_error
+   *   when the pages are not one extent in order.
+   */
+  mapRing(domid: number, refs: readonly GrantRef[], readonly = false): { handles: GrantHandle[]; bytes: Uint8Array } {
+    const res = this.map(refs.map((ref) => ({ domid, ref, readonly })));
+    const handles = res.filter((r) => r.status === GNTST.okay).map((r) => r.handle);
+    const bad = res.find((r) => r.status !== GNTST.okay);
+    const fail = (st: number, msg: string): never => {
+      if (handles.length) this.unmap(handles);
+      throw new GrantError(st, msg);
+    };
+    if (bad) fail(bad.status, `ring of dom${domid} does not map`);
+    const base = res[0].mfn;
+    let ext;
+    try {
+      ext = this.hc.frames.extent(base);
+    } catch {
+      return fail(GNTST.general_error, 'ring pages do not start an extent');
+    }
+    if ((1 << ext.order) < res.length || res.some((r, i) => r.mfn !== base + i)) {
+      fail(GNTST.general_error, 'ring pages are not consecutive pages of one extent, in order');
+    }
+    return { handles, bytes: new Uint8Array(ext.buffer, 0, res.length * PAGE_SIZE) };
+  }
+
+  /**
    * Unmaps a batch of handles (`GNTTABOP_unmap_grant_ref`).
    * @returns one GNTST status per handle (`GNTST_bad_handle` for an unknown one).
    */

@@ -162,6 +162,7 @@ export class Kernel {
    * a domU uses its XenStore ring page and event channel from start info.
    */
   connectXenStore(): void {
+    if (this.vcpuId !== 0) return; // one XenStore connection per domain, on vCPU 0
     if (this.privileged) {
       this.xenstored = new Xenstored();
       this.xenbus = connectLocal(this.xenstored, this.domid);
@@ -202,7 +203,9 @@ export class Kernel {
         this.hypercall.drainPushes();
         let work = 0;
         if (!this.hypercall.isPaused()) {
-          work = this.evtchn.fold();
+          // Every port is bound to vCPU 0 (pvio has no EVTCHNOP_bind_vcpu yet), and
+          // senders wake vCPU 0; vCPU 0 folds the pair pages for the domain.
+          if (this.vcpuId === 0) work = this.evtchn.fold();
           work += this.evtchn.dispatch();
         }
         if (work > 0) {

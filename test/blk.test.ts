@@ -153,4 +153,27 @@ describe('blkfront/blkback', () => {
     await Promise.all([g1.call('exit', {}), g2.call('exit', {})]);
     await Promise.all([g1.exit, g2.exit]);
   });
+
+  it('a 2-vCPU guest served by an asynchronous store: I/O, a WRITE refused by the backend, grants ended on close', async () => {
+    const img = image('async.img', 2 * 1048576);
+    const ro = image('async-ro.img', 64 * 1024);
+    const g = await rpcGuest(m, 'async', { vcpus: 2, asyncStore: true, disks: [disk(img.path, 'xvda', false), disk(ro.path, 'xvdb', true)] });
+    expect(await g.call('readDisk', { name: 'xvda' })).toBe(sha(img.data));
+    const w = (await g.call('writeDisk', { name: 'xvda', sector: 8, count: 1000, byte: 7 })) as string;
+    expect(sha(readFileSync(img.path).subarray(8 * 512, 1008 * 512))).toBe(w);
+    // A frontend that ignores VDISK_READONLY: blkback answers BLKIF_RSP_ERROR (-1).
+    expect(await g.call('forceWrite', { name: 'xvdb' })).toMatch(/write failed: status -1/);
+    expect(sha(readFileSync(ro.path))).toBe(sha(ro.data));
+    // Orderly close of one disk: both sides Closed, every grant the frontend made is ended.
+    const c = (await g.call('closeDisk', { name: 'xvda' })) as { granted: number; ended: number };
+    await g.call('closeDisk', { name: 'xvdb' });
+    const c2 = (await g.call('counters')) as { gnttab: { granted: number; ended: number } };
+    expect(c.granted).toBeGreaterThan(0);
+    expect(c2.gnttab.ended).toBe(c2.gnttab.granted);
+    const s = (await m.dom0Stats()) as Dom0Stats;
+    expect(s.disks['async/xvda'].state).toBe('Closed');
+    expect(s.disks['async/xvda'].inFlight).toBe(0);
+    await g.call('exit', {});
+    expect((await g.exit).reason).toBe(SHUTDOWN.poweroff);
+  });
 });

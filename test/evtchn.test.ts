@@ -76,3 +76,33 @@ describe('event channels across workers', () => {
     expect(after.evtchn.dropped - before.evtchn.dropped).toBe(3);
   });
 });
+
+describe('masking and pausing', () => {
+  let pa: number;
+  let pb: number;
+  beforeAll(async () => {
+    pa = (await a.call('allocUnbound', { remote: b.domid })) as number;
+    pb = (await b.call('bind', { remote: a.domid, port: pa })) as number;
+    await eventually(async () => ((await b.call('evtCount', { port: pb })) as number) >= 1, 5000, 'bind event');
+  });
+
+  it('a masked port stays pending and is delivered on unmask (the re-check of evtchn_unmask)', async () => {
+    await b.call('mask', { port: pb });
+    const before = (await b.call('evtCount', { port: pb })) as number;
+    await a.call('notify', { port: pa });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await b.call('evtCount', { port: pb })).toBe(before);
+    await b.call('unmask', { port: pb });
+    await eventually(async () => ((await b.call('evtCount', { port: pb })) as number) === before + 1, 5000, 'event after unmask');
+  });
+
+  it('a paused domain dispatches nothing until unpaused', async () => {
+    const before = (await b.call('evtCount', { port: pb })) as number;
+    await m.pause(b.domid);
+    await a.call('notify', { port: pa });
+    await new Promise((r) => setTimeout(r, 200));
+    await m.unpause(b.domid);
+    // The event stayed pending across the pause and arrives after it.
+    await eventually(async () => ((await b.call('evtCount', { port: pb })) as number) === before + 1, 5000, 'event after unpause');
+  });
+});

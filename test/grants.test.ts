@@ -96,4 +96,25 @@ describe('grant tables v1 across domains', () => {
     expect(after.preemptions).toBeGreaterThan(before.preemptions);
     expect(await b.call('unmap', { handles: res.map((r) => r.handle) })).toEqual(res.map(() => GNTST.okay));
   });
+
+  it('maps a multi-page ring only as consecutive pages of one extent, in order', async () => {
+    const base = (await a.call('allocExtent', { order: 1, page: 1, text: 'second page' })) as number;
+    const r0 = (await a.call('grant', { domid: b.domid, mfn: base, readonly: false })) as number;
+    const r1 = (await a.call('grant', { domid: b.domid, mfn: base + 1, readonly: false })) as number;
+    const ok = (await b.call('mapRing', { domid: a.domid, refs: [r0, r1], readPage: 1, len: 11 })) as { ok: boolean; length: number; text: string };
+    expect(ok).toEqual({ ok: true, length: 8192, text: 'second page' });
+    const reversed = (await b.call('mapRing', { domid: a.domid, refs: [r1, r0], readPage: 0, len: 1 })) as { ok: boolean; status: number };
+    expect(reversed).toMatchObject({ ok: false, status: GNTST.general_error });
+    const [lone] = (await a.call('allocPages', { n: 1 })) as number[];
+    const r2 = (await a.call('grant', { domid: b.domid, mfn: lone, readonly: false })) as number;
+    expect(await b.call('mapRing', { domid: a.domid, refs: [r0, r2], readPage: 0, len: 1 })).toMatchObject({ ok: false });
+    // Refused maps were undone: the granter can end every grant.
+    for (const r of [r0, r1, r2]) expect(await a.call('endAccess', { ref: r })).toBe(true);
+  });
+
+  it('enforces the domain memory quota (pages)', async () => {
+    // The guests have 16 MiB = 4096 pages.
+    expect(await c.call('allocTooMuch', { n: 5000 })).toBe('PVIO_ERR_NOMEM');
+    expect(await c.call('allocTooMuch', { n: 100 })).toBe('allocated');
+  });
 });

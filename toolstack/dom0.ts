@@ -20,7 +20,7 @@ import { RawFileStore } from '../blkback/raw-file-store.ts';
 /** A command from the toolstack to dom0. */
 export type Dom0Request =
   | { type: 'introduce'; reqId: number; domid: number; name: string; storePort: number; consolePort: number }
-  | { type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean; initWaitDelayMs?: number }
+  | { type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean; initWaitDelayMs?: number; asyncStore?: boolean }
   | { type: 'release'; reqId: number; domid: number }
   | { type: 'stats'; reqId: number }
   | { type: 'shutdown'; reqId: number };
@@ -114,7 +114,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   async function addDisk(r: Extract<Dom0Request, { type: 'addDisk' }>): Promise<void> {
     const g = guests.get(r.domid);
     if (!g) throw new Error(`dom${r.domid} is not introduced`);
-    const store = RawFileStore.open(r.path, { readOnly: r.readOnly });
+    // The asynchronous mode completes through libuv by request id, possibly out of order.
+    const store = RawFileStore.open(r.path, { readOnly: r.readOnly, sync: !r.asyncStore });
     const be = `/local/domain/0/backend/vbd/${r.domid}/${r.virtualDevice}`;
     const fe = `/local/domain/${r.domid}/device/vbd/${r.virtualDevice}`;
     // The toolstack's part of the handshake: both directories, both Initialising.

@@ -21,7 +21,6 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
   const k = new Kernel(data.boot);
   const idle = k.runIdleLoop();
   await k.waitUnpaused();
-  k.connectXenStore();
   if (k.vcpuId !== 0) {
     // Secondary vCPUs serve the events bound to them until the domain is destroyed.
     await idle;
@@ -29,6 +28,7 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
   }
   let reason: number = SHUTDOWN.poweroff;
   try {
+    k.connectXenStore();
     if (!k.privileged) for (const [name, dev] of await probeBlkfronts(k)) k.devices.set(name, dev);
     const mod = (await import(data.boot.guest.module)) as { default?: GuestMain; main?: GuestMain };
     const main = mod.default ?? mod.main;

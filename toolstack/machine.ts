@@ -50,6 +50,8 @@ export interface GuestSpec {
   readonly disks?: readonly DiskSpec[];
   /** Test hook: blkback waits this long (ms) before InitWait, so the frontend gets to Initialised first. */
   readonly initWaitDelayMs?: number;
+  /** Serve the disks with the raw-file store's asynchronous mode (completion by id through libuv). */
+  readonly asyncStore?: boolean;
 }
 
 /** A running guest. */
@@ -260,7 +262,7 @@ export class Machine {
     try {
       await this.dom0Request({ type: 'introduce', domid, name: spec.name, storePort: created.store.port, consolePort: created.console.port });
       for (const d of spec.disks ?? []) {
-        await this.dom0Request({ type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly, initWaitDelayMs: spec.initWaitDelayMs });
+        await this.dom0Request({ type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly, initWaitDelayMs: spec.initWaitDelayMs, asyncStore: spec.asyncStore });
       }
     } catch (e) {
       await this.hvRequest({ type: 'destroy', reqId: 0, domid });
@@ -268,6 +270,16 @@ export class Machine {
     }
     await this.hvRequest({ type: 'unpause', reqId: 0, domid });
     return { domid, name: spec.name, exit, onMessage: (fn) => rec.listeners.push(fn), call };
+  }
+
+  /** Pauses a domain (as `xl pause`): it stops dispatching events; its hypercalls wait. */
+  async pause(domid: number): Promise<void> {
+    await this.hvRequest({ type: 'pause', reqId: 0, domid });
+  }
+
+  /** Unpauses a domain (as `xl unpause`). */
+  async unpause(domid: number): Promise<void> {
+    await this.hvRequest({ type: 'unpause', reqId: 0, domid });
   }
 
   /** Destroys a domain (as `xl destroy`). */

@@ -100,6 +100,46 @@ export default function main(k: Kernel): Promise<unknown> {
       }
     },
     closePort: (a) => k.evtchn.close(a.port),
+    mask: (a) => k.evtchn.mask(a.port),
+    unmask: (a) => k.evtchn.unmask(a.port),
+    allocExtent: (a) => {
+      const e = k.memory.allocExtent(a.order);
+      new TextEncoder().encodeInto(a.text ?? '', e.bytes.subarray((a.page ?? 0) * 4096));
+      return e.mfn;
+    },
+    mapRing: (a) => {
+      try {
+        const r = k.gnttab.mapRing(a.domid, a.refs);
+        const text = new TextDecoder().decode(r.bytes.subarray(a.readPage * 4096, a.readPage * 4096 + a.len));
+        k.gnttab.unmap(r.handles);
+        return { ok: true, length: r.bytes.length, text };
+      } catch (e) {
+        return { ok: false, error: (e as Error).message, status: (e as { status?: number }).status };
+      }
+    },
+    allocTooMuch: (a) => {
+      try {
+        k.memory.allocPages(a.n);
+        return 'allocated';
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+    },
+    closeDisk: async (a) => {
+      await disk(a.name).close();
+      return { ...k.gnttab.counters };
+    },
+    forceWrite: async (a) => {
+      // A frontend that ignores the backend's VDISK_READONLY: it sends the WRITE anyway.
+      const d = disk(a.name) as unknown as { ring: { opts: { readOnly: boolean } } };
+      d.ring.opts.readOnly = false;
+      try {
+        await disk(a.name).write(0, new Uint8Array(4096));
+        return 'no error';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    },
     status: (a) => k.evtchn.status(a.port),
     counters: () => ({ evtchn: { ...k.evtchn.counters }, gnttab: { ...k.gnttab.counters } }),
     xsRead: async (a) => {
