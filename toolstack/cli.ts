@@ -134,7 +134,15 @@ export async function main(argv: string[]): Promise<number> {
   for (const n of plan.notes) say(`pvio: note: ${n}`);
 
   const t0 = performance.now();
-  const machine = await Machine.boot();
+  let progress: ReturnType<typeof createProgress> | null = null;
+  // Guest console lines come through dom0; printing them here keeps them off a live bar's line.
+  const machine = await Machine.boot({
+    onConsole: (domain, line) => {
+      const text = `[${domain}] ${line}\n`;
+      if (progress) progress.log(text);
+      else process.stdout.write(text);
+    },
+  });
   let interrupted = false;
   const onSigint = () => {
     if (interrupted) return;
@@ -143,7 +151,6 @@ export async function main(argv: string[]): Promise<number> {
     void machine.shutdown();
   };
   process.on('SIGINT', onSigint);
-  let progress: ReturnType<typeof createProgress> | null = null;
   let poll: NodeJS.Timeout | null = null;
   try {
     const disks = plan.spec.disks ?? [];

@@ -23,11 +23,13 @@ export type Dom0Request =
   | { type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean; initWaitDelayMs?: number; asyncStore?: boolean }
   | { type: 'release'; reqId: number; domid: number }
   | { type: 'stats'; reqId: number }
+  | { type: 'console'; reqId: number; forward: boolean }
   | { type: 'shutdown'; reqId: number };
 
 /** dom0's answers (and its one `ready` notice). */
 export type Dom0Reply =
   | { type: 'ready' }
+  | { type: 'console'; domain: string; line: string }
   | { type: 'reply'; reqId: number; ok: true; value: unknown }
   | { type: 'reply'; reqId: number; ok: false; error: string };
 
@@ -49,6 +51,13 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   const consoleCounters = { lines: 0, bytes: 0 };
   /** `@releaseDomain` watch events seen (the first one fires when the watch is set). */
   let releaseDomainEvents = 0;
+  /** When set, guest console lines go to the toolstack (which shares the terminal with a progress bar). */
+  let forwardConsole = false;
+  const emit = (name: string, line: string) => {
+    consoleCounters.lines++;
+    if (forwardConsole) k.control!.postMessage({ type: 'console', domain: name, line } satisfies Dom0Reply);
+    else process.stdout.write(`[${name}] ${line}\n`);
+  };
   /** Final counters of devices whose domain is gone, by device name. */
   const retired: Record<string, unknown> = {};
   await xs.write('/local/domain/0/name', 'Domain-0');
@@ -92,10 +101,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
           }
           const lines = g.console.partial.split('\n');
           g.console.partial = lines.pop()!;
-          for (const l of lines) {
-            consoleCounters.lines++;
-            process.stdout.write(`[${name}] ${l}\n`);
-          }
+          for (const l of lines) emit(name, l);
           // Tell the guest there is room again.
           if (got) k.evtchn.notify(port);
         },
@@ -162,7 +168,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       } catch {
         /* the page stays mapped until we unmap it below */
       }
-      if (g.console.partial) process.stdout.write(`[${g.name}] ${g.console.partial}\n`);
+      if (g.console.partial) emit(g.name, g.console.partial);
       for (const port of [g.console.port, g.store.port]) {
         k.evtchn.off(port);
         try {
@@ -206,6 +212,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             break;
           }
           case 'stats': value = stats(); break;
+          case 'console': forwardConsole = req.forward; break;
           case 'shutdown':
             for (const g of [...guests.values()]) await teardownGuest(g);
             resolveDone();

@@ -78,6 +78,11 @@ export interface MachineOptions {
   readonly dom0MemoryMiB?: number;
   /** Deadline for each control request (ms). */
   readonly requestTimeoutMs?: number;
+  /**
+   * Receives every line a guest writes to its console (read from its console ring
+   * by dom0). Without it, dom0 writes the lines to stdout as `[name] line`.
+   */
+  readonly onConsole?: (domain: string, line: string) => void;
 }
 
 /** A control request failed or timed out. */
@@ -101,9 +106,11 @@ export class Machine {
   private readonly exits = new Map<number, { resolve(e: DomainExit): void; name: string; value?: unknown; error?: string; listeners: Array<(m: unknown) => void> }>();
   private closed = false;
   private readonly timeoutMs: number;
+  private readonly consoleSink: MachineOptions['onConsole'];
 
   private constructor(private readonly hv: Worker, private readonly dom0Port: MessagePort, opts: MachineOptions) {
     this.timeoutMs = opts.requestTimeoutMs ?? 30_000;
+    this.consoleSink = opts.onConsole;
   }
 
   /**
@@ -137,6 +144,7 @@ export class Machine {
     void m.trackExit(dom0.domid, 'Domain-0');
     await m.hvRequest({ type: 'unpause', reqId: 0, domid: dom0.domid });
     await ready;
+    if (opts.onConsole) await m.dom0Request({ type: 'console', forward: true });
     return m;
   }
 
@@ -170,6 +178,10 @@ export class Machine {
   }
 
   private onDom0Message(msg: Dom0Reply): void {
+    if (msg.type === 'console') {
+      this.consoleSink?.(msg.domain, msg.line);
+      return;
+    }
     if (msg.type !== 'reply') return;
     const p = this.dom0Pending.get(msg.reqId);
     if (!p) return;

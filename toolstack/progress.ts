@@ -21,6 +21,12 @@ export interface Progress {
    * (A bar also stops by itself when it reaches the total.) Idempotent.
    */
   stop(): void;
+  /**
+   * Writes `text` (whole lines, ending in a newline) to `out` (default
+   * process.stdout) without tearing a live bar: on a terminal the bar's line is
+   * cleared first and the bar redrawn after.
+   */
+  log(text: string, out?: NodeJS.WritableStream): void;
 }
 
 /** Options of {@link createProgress}. */
@@ -59,7 +65,8 @@ function mib(bytes: number): string {
 export function createProgress(opts: ProgressOptions): Progress {
   const { total, label, enabled } = opts;
   invariant(Number.isFinite(total) && total >= 0, `createProgress: bad total ${total}`);
-  if (!enabled) return { update() {}, stop() {} };
+  const plainLog = (text: string, out: NodeJS.WritableStream = process.stdout) => void out.write(text);
+  if (!enabled) return { update() {}, stop() {}, log: plainLog };
   const stream = opts.stream ?? process.stderr;
   const clamp = (n: number): number => Math.min(Math.max(n, 0), total);
 
@@ -98,6 +105,12 @@ export function createProgress(opts: ProgressOptions): Progress {
         stopped = true;
         bar.stop();
       },
+      log(text, out = process.stdout) {
+        if (stopped) return plainLog(text, out);
+        stream.write('\r\x1b[2K'); // clear the bar's line, print above it, redraw
+        out.write(text);
+        bar.render();
+      },
     };
   }
 
@@ -117,5 +130,6 @@ export function createProgress(opts: ProgressOptions): Progress {
     stop() {
       stopped = true;
     },
+    log: plainLog,
   };
 }

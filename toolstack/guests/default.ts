@@ -94,12 +94,10 @@ export default async function main(k: Kernel): Promise<DefaultGuestResult> {
   if (xvdb) out.xvdb = await scratchTest(k, xvdb, args.writeMiB ?? 16);
   let requests = 0;
   let notifications = 0;
-  let events = 0;
   for (const d of [xvda, xvdb]) {
     if (!d) continue;
     requests += d.counters.requests;
     notifications += d.counters.notifications;
-    events += k.evtchn.counters.upcalls;
   }
   out.frontend = {
     requests, notifications, notificationsPerRequest: requests ? notifications / requests : 0,
