@@ -25,7 +25,7 @@
 
 import { invariant } from '../rings/errors.ts';
 import {
-  checkStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
+  admitStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
   StorageError,
   type StorageBackend, type StorageCompletionHandler, type StorageCounters, type StorageRequest,
   type StorageStatus, type StorageSubmitResult,
@@ -124,12 +124,7 @@ export class MemoryStore implements StorageBackend {
    *   or `req.id` is already in flight (blkback's bugs).
    */
   submit(req: StorageRequest): StorageSubmitResult {
-    const c = this.counters;
-    if (req.op === 'read') c.reads++;
-    else if (req.op === 'write') c.writes++;
-    else if (req.op === 'flush') c.flushes++;
-    if (this.#closing) return this.#fail(STORAGE_ERROR);
-    const check = checkStorageRequest(req, this.sizeBytes, this.readOnly);
+    const check = admitStorageRequest(req, this.counters, this.sizeBytes, this.readOnly, this.#closing);
     if (check !== STORAGE_OKAY) return this.#fail(check);
     const len = req.op === 'flush' ? 0 : iovBytes(req.iov);
     if (this.sync) return this.#execute(req, len);

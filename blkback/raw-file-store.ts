@@ -37,7 +37,7 @@ import {
 import { dirname } from 'node:path';
 import { invariant } from '../rings/errors.ts';
 import {
-  checkStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
+  admitStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
   StorageError,
   type StorageBackend, type StorageCompletionHandler, type StorageCounters, type StorageRequest,
   type StorageStatus, type StorageSubmitResult,
@@ -190,12 +190,7 @@ export class RawFileStore implements StorageBackend {
    *   or `req.id` is already in flight (blkback's bugs).
    */
   submit(req: StorageRequest): StorageSubmitResult {
-    const c = this.counters;
-    if (req.op === 'read') c.reads++;
-    else if (req.op === 'write') c.writes++;
-    else if (req.op === 'flush') c.flushes++;
-    if (this.#closing) return this.#fail();
-    const check = checkStorageRequest(req, this.sizeBytes, this.readOnly);
+    const check = admitStorageRequest(req, this.counters, this.sizeBytes, this.readOnly, this.#closing);
     if (check !== STORAGE_OKAY) return this.#fail(check);
     const len = req.op === 'flush' ? 0 : iovBytes(req.iov);
     if (req.op !== 'flush' && len === 0) return STORAGE_OKAY;

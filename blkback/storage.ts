@@ -173,6 +173,21 @@ export function iovBytes(iov: readonly Uint8Array[]): number {
 }
 
 /**
+ * The admission step every store's `submit` starts with: counts the request by op,
+ * refuses it after `close()` (-1), then applies {@link checkStorageRequest}.
+ * @returns 0 when the request may proceed, else the status to answer.
+ */
+export function admitStorageRequest(
+  req: StorageRequest, counters: StorageCounters, sizeBytes: number, readOnly: boolean, closing: boolean,
+): StorageStatus {
+  if (req.op === 'read') counters.reads++;
+  else if (req.op === 'write') counters.writes++;
+  else if (req.op === 'flush') counters.flushes++;
+  if (closing) return STORAGE_ERROR;
+  return checkStorageRequest(req, sizeBytes, readOnly);
+}
+
+/**
  * Checks a request against a disk of `sizeBytes` bytes before any I/O, so every store
  * refuses the same things the same way. Returns 0 if the request may proceed, -1
  * if it must be answered `BLKIF_RSP_ERROR` (bad id, offset not a non-negative

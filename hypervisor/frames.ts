@@ -10,7 +10,7 @@
  * domain is recorded with the reason, so a test can audit who holds what.
  */
 import { invariant } from '../rings/errors.ts';
-import { PAGE_SIZE, DOMID_XEN, type DomId, type Mfn } from './abi.ts';
+import { PAGE_SIZE, type DomId, type Mfn } from './abi.ts';
 
 /** What a frame is for; `ram` frames belong to a guest, the rest to the hypervisor's bookkeeping. */
 export type FrameKind = 'ram' | 'grant-table' | 'shared-info' | 'hypercall' | 'wake' | 'evtchn-pair';
@@ -109,6 +109,11 @@ export class FrameTable {
     return pages;
   }
 
+  /** Looks up a frame, live or freed (for audits of past handles). */
+  lookup(mfn: number): Frame | undefined {
+    return this.frames.get(mfn);
+  }
+
   /** All live frames owned by `owner`. */
   ownedBy(owner: DomId): Frame[] {
     const out: Frame[] = [];
@@ -134,10 +139,5 @@ export class FrameTable {
   /** Forgets what a destroyed domain held (its worker and heap are gone). */
   forgetDomain(domid: DomId): void {
     this.given.delete(domid);
-  }
-
-  /** Whether `domid` may legitimately hold a hypervisor frame (owner or listed sharer). */
-  static isXenFrame(f: Frame): boolean {
-    return f.owner === DOMID_XEN;
   }
 }

@@ -22,7 +22,7 @@ import { invariant } from '../rings/errors.ts';
 import { readU64, writeU64 } from '../rings/layout.ts';
 import {
   DOMID_SELF, DOMID_XEN, EVTCHNOP, EVTCHNSTAT, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN,
-  EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG, EVTCHN_STATUS, GNTCOPY, GNTMAP, GNTST, GNTTABOP,
+  EVTCHN_PORT_ARG, EVTCHN_STATUS, GNTCOPY, GNTMAP, GNTST, GNTTABOP,
   GNTTAB_COPY, GNTTAB_MAP_GRANT_REF, GNTTAB_QUERY_SIZE, GNTTAB_RESERVED_CONSOLE,
   GNTTAB_RESERVED_XENSTORE, GNTTAB_UNMAP_GRANT_REF, GRANT_ENTRY_V1, GRANT_ENTRIES_PER_FRAME,
   GTF, HC_ARGS_BYTES, HC_ARGS_OFFSET, HC_STATE, HYPERCALL_NAME, HYPERCALL_PAGE, HYPERVISOR,
@@ -45,8 +45,6 @@ const I_PUSHSEQ = HC.pushSeq.offset >> 2;
 const I_PAUSED = HC.paused.offset >> 2;
 const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
 const GE_FRAME = GRANT_ENTRY_V1.fields.frame.offset;
-const PAIR_PENDING_I32 = EVTCHN_PAIR_PAGE.fields.pending.offset >> 2;
-const PAIR_SEL_I32 = EVTCHN_PAIR_PAGE.fields.sel.offset >> 2;
 const SI_PENDING_I32 = SHARED_INFO.fields.evtchn_pending.offset >> 2;
 const SI_MASK_I32 = SHARED_INFO.fields.evtchn_mask.offset >> 2;
 
@@ -199,6 +197,7 @@ export class Hypervisor {
     const grantTable = gtFrames[0];
     const nrGrantEntries = gtFrames.length * GRANT_ENTRIES_PER_FRAME;
     const vcpus: Vcpu[] = [];
+    const guestPorts: MessagePort[] = [];
     for (let v = 0; v < opts.vcpus; v++) {
       const [hcFrame] = this.frames.alloc(domid, 0, 'hypercall');
       const [wakeFrame] = this.frames.alloc(DOMID_XEN, 0, 'wake', [domid]);
@@ -208,7 +207,7 @@ export class Hypervisor {
         hcDv: new DataView(hcFrame.buffer!), wakeFrame, wake: new Int32Array(wakeFrame.buffer!),
         port: ch.port1, worker: null,
       });
-      (vcpus[v] as { guestPort?: MessagePort }).guestPort = ch.port2;
+      guestPorts.push(ch.port2);
     }
     const dom: Domain = {
       domid, name: opts.name, maxPages: opts.maxPages, ramPages: 0, state: 'paused', privileged,
@@ -217,7 +216,6 @@ export class Hypervisor {
       active: new Map(), maptrack: new Map(), nextHandle: 1, evtchns: new Map(), pairPages: new Map(),
       shutdownReason: null, crashError: null, store: null, console: null,
     };
-    // Every event starts masked? No: Xen leaves masks clear; ports are unbound until allocated.
     for (const v of vcpus) Atomics.store(v.hc, I_PAUSED, 1);
     this.domains.set(domid, dom);
     let store: BootInfo['store'] = null;
@@ -239,8 +237,7 @@ export class Hypervisor {
     const si = this.frames.give(domid, sharedInfo, 'shared_info')!;
     const gt = this.frames.give(domid, grantTable, 'grant table')!;
     for (const v of vcpus) {
-      const guestPort = (v as { guestPort?: MessagePort }).guestPort!;
-      delete (v as { guestPort?: MessagePort }).guestPort;
+      const guestPort = guestPorts[v.id];
       const boot: BootInfo = {
         domid, name: opts.name, vcpuId: v.id, nrVcpus: vcpus.length, privileged,
         hvWake: this.hvWakeBuffer, spinTokens: this.spinTokens,
@@ -446,11 +443,6 @@ export class Hypervisor {
     return this.argDv;
   }
 
-  /** Writes an i16 status (and optional u32/u64 outs) back into the guest's page. */
-  private outDv(v: Vcpu): DataView {
-    return v.hcDv;
-  }
-
   // -------------------------------------------------------------------------
   // Grant tables
 
@@ -464,7 +456,7 @@ export class Hypervisor {
     if (count * size > HC_ARGS_BYTES || start > count) return { result: -XEN_ERRNO.EINVAL, progress: 0, preempted: false };
     const end = Math.min(count, start + MAX_OPS_PER_SLICE);
     const args = this.copyArgs(v, start * size, (end - start) * size);
-    const o = this.outDv(v);
+    const o = v.hcDv; // outputs go back into the guest's page, as Xen writes guest memory
     for (let i = start; i < end; i++) {
       const a = (i - start) * size;
       const g = HC_ARGS_OFFSET + i * size;
@@ -786,9 +778,9 @@ export class Hypervisor {
   /** Posts unsolicited handles/info to every vCPU of `dom` and wakes them. */
   private push(dom: Domain, handles: ExtentHandle[], info: BindingInfo[] | PortInfo[]): void {
     if (dom.state === 'dead') return;
-    for (const [i, v] of dom.vcpus.entries()) {
+    for (const v of dom.vcpus) {
       // Each vCPU is its own heap: every one gets the buffers (logged once per domain).
-      v.port.postMessage({ push: true, handles: i === 0 ? handles : handles, info });
+      v.port.postMessage({ push: true, handles, info });
       Atomics.add(v.hc, I_PUSHSEQ, 1);
       this.kick(v);
     }
@@ -870,7 +862,7 @@ export class Hypervisor {
       if (e.owner === e.domid) continue;
       if (e.owner === DOMID_XEN) {
         // Hypervisor frames: the sharers were fixed at allocation.
-        const f = this.findFrameAny(e.extentBase);
+        const f = this.frames.lookup(e.extentBase);
         if (!f || !f.sharers.has(e.domid)) violations.push(`dom${e.domid} got hypervisor frame ${e.extentBase} it does not share`);
         continue;
       }
@@ -879,10 +871,6 @@ export class Hypervisor {
       }
     }
     return { violations, entries: this.frames.log.length };
-  }
-
-  private findFrameAny(mfn: number): Frame | undefined {
-    return (this.frames as unknown as { frames: Map<number, Frame> }).frames.get(mfn);
   }
 
   /** Counter snapshot for reports. */

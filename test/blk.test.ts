@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Machine, type GuestHandle } from '../toolstack/machine.ts';
+import { Machine } from '../toolstack/machine.ts';
 import { SHUTDOWN } from '../hypervisor/abi.ts';
 import { XenbusState } from '../xenstore/xenbus.ts';
 import { rpcGuest, eventually, domainInfo } from './helpers.ts';
