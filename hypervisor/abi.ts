@@ -24,13 +24,18 @@ export type Mfn = number & { readonly __brand: 'Mfn' };
 /** A grant-map handle returned by `GNTTABOP_map_grant_ref` (u32). */
 export type GrantHandle = number & { readonly __brand: 'GrantHandle' };
 
+/** Brands a number read from an untyped source (XenStore, a test) as a {@link DomId}; no check. */
 export const asDomId = (n: number): DomId => n as DomId;
+/** Brands a number as a {@link GrantRef}; no check (the hypervisor validates refs). */
 export const asGrantRef = (n: number): GrantRef => n as GrantRef;
+/** Brands a number as an {@link EvtchnPort}; no check (the hypervisor validates ports). */
 export const asPort = (n: number): EvtchnPort => n as EvtchnPort;
+/** Brands a number as an {@link Mfn}; no check. */
 export const asMfn = (n: number): Mfn => n as Mfn;
 
 /** Bytes per page (`XEN_PAGE_SIZE`), whatever the host's page size. */
 export const PAGE_SIZE = 4096;
+/** log2 of {@link PAGE_SIZE} (`XEN_PAGE_SHIFT`). */
 export const PAGE_SHIFT = 12;
 /** `DOMID_SELF` (xen.h). */
 export const DOMID_SELF = 0x7ff0 as DomId;
@@ -49,6 +54,7 @@ export const HYPERVISOR = Object.freeze({
   sched_op: 29,
   event_channel_op: 32,
 } as const);
+/** One of the hypercall numbers pvio serves. */
 export type HypercallNr = (typeof HYPERVISOR)[keyof typeof HYPERVISOR];
 /** Reverse map for counters: number → name. */
 export const HYPERCALL_NAME: Readonly<Record<number, string>> = Object.freeze(
@@ -89,7 +95,9 @@ export const GNTST = Object.freeze({
 } as const);
 /** Refs 0..7 are reserved (`GNTTAB_NR_RESERVED_ENTRIES`): 0 console, 1 xenstore. */
 export const GNTTAB_NR_RESERVED_ENTRIES = 8;
+/** Grant ref the domain builder reserves for the console page (`GNTTAB_RESERVED_CONSOLE`). */
 export const GNTTAB_RESERVED_CONSOLE = 0 as GrantRef;
+/** Grant ref the domain builder reserves for the XenStore page (`GNTTAB_RESERVED_XENSTORE`). */
 export const GNTTAB_RESERVED_XENSTORE = 1 as GrantRef;
 /** v1 entries per 4 KiB grant-table frame. */
 export const GRANT_ENTRIES_PER_FRAME = PAGE_SIZE / 8;
@@ -235,6 +243,7 @@ export const SHARED_INFO = defineLayout('shared_info', 'xen.h', 3136, {
   wc_sec_hi: field(3084, 'u32', 'xen'),
   arch: field(3088, 'bytes', 'xen', 48),
 });
+/** `vcpu_info` slots in shared_info, hence the most vCPUs a domain may have (`XEN_LEGACY_MAX_VCPUS`). */
 export const MAX_VIRT_CPUS = 32;
 
 // ---------------------------------------------------------------------------
