@@ -28,6 +28,16 @@ import {
 import type { BindingInfo, PortInfo } from '../hypervisor/hypervisor.ts';
 import { HypercallPort } from '../hypervisor/hypercall.ts';
 import { PvioError } from '../rings/errors.ts';
+import { SpinTokens } from '../hypervisor/spin.ts';
+
+/**
+ * How a synchronous waiter waits (see {@link EventChannels.waitSync}):
+ * - `poll`: spins on its wake word as long as it holds a spin token (blocks only
+ *   when no token is free), never sleeps while it has one;
+ * - `block`: sleeps in `Atomics.wait` at once;
+ * - `adaptive`: spins up to `spinIterations` with a token, then sleeps.
+ */
+export type WaitMode = 'poll' | 'block' | 'adaptive';
 
 const PAIR_PENDING_I32 = EVTCHN_PAIR_PAGE.fields.pending.offset >> 2;
 const PAIR_SEL_I32 = EVTCHN_PAIR_PAGE.fields.sel.offset >> 2;
@@ -77,14 +87,19 @@ export class EventChannels {
   private readonly recvPages = new Map<number, Int32Array>();
   private readonly handlers = new Map<number, EvtchnHandler>();
   private readonly myVi: number;
-  /** Counters: sends that notified, sends suppressed (bit already pending), sends on unbound ports, upcalls, events dispatched, spurious bits. */
-  readonly counters = { sent: 0, suppressed: 0, dropped: 0, upcalls: 0, dispatched: 0, spurious: 0 };
+  /**
+   * Counters: sends that notified, sends suppressed (bit already pending), sends on
+   * unbound ports, upcalls, events dispatched, spurious bits; and for
+   * {@link waitSync}: sleeps (`Atomics.wait` calls that slept) and spins that caught the event.
+   */
+  readonly counters = { sent: 0, suppressed: 0, dropped: 0, upcalls: 0, dispatched: 0, spurious: 0, sleeps: 0, spinHits: 0 };
 
   constructor(
     private readonly hc: HypercallPort,
     sharedInfo: SharedArrayBuffer,
     private readonly vcpuId: number,
     private readonly ownWake: Int32Array[],
+    private readonly spin: SpinTokens | null = null,
   ) {
     this.si = new Int32Array(sharedInfo, 0, SHARED_INFO.size >> 2);
     this.myVi = vcpuId * VI_WORDS;
@@ -343,6 +358,42 @@ export class EventChannels {
     }
     this.counters.dispatched += n;
     return n;
+  }
+
+  /**
+   * Waits synchronously for an event on `port` — for a driver that polls its ring in
+   * a loop of its own (blocking this vCPU's event loop meanwhile, like Linux's
+   * blk-mq polling), instead of taking the event as an upcall. Folds the pair pages
+   * and consumes the port's pending bit without calling its handler.
+   *
+   * Spinning follows DESIGN.md decision 4: only while a spin token is held.
+   * @param timeoutMs deadline; the wait returns false when it passes.
+   * @returns true when an event arrived on `port`.
+   */
+  waitSync(port: EvtchnPort, mode: WaitMode, timeoutMs: number, spinIterations = 2000): boolean {
+    const wake = this.ownWake[this.vcpuId];
+    const w = SI_PENDING_I32 + (port >> 5);
+    const bit = 1 << (port & 31);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const seen = Atomics.load(wake, I_WAKE);
+      if (this.vcpuId === 0) this.fold();
+      if (Atomics.load(this.si, w) & bit) {
+        Atomics.and(this.si, w, ~bit);
+        return true;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      if (mode !== 'block' && this.spin) {
+        const n = mode === 'poll' ? 1 << 20 : spinIterations;
+        if (this.spin.spinWhileEqual(wake, I_WAKE, seen, n)) {
+          this.counters.spinHits++;
+          continue;
+        }
+        if (mode === 'poll' && this.spin.available() > 0) continue; // spun out, still no event: poll on
+      }
+      if (Atomics.wait(wake, I_WAKE, seen, Math.min(left, 100)) !== 'not-equal') this.counters.sleeps++;
+    }
   }
 
   /** Whether the upcall of this vCPU is pending (work for {@link dispatch}). */

@@ -91,7 +91,7 @@ export class Kernel {
     if (boot.console) this.hypercall.frames.add(boot.console.page);
     const wakes = boot.wakePages.map((p) => new Int32Array(p.buffer, 0, 1));
     this.wake = wakes[boot.vcpuId];
-    this.evtchn = new EventChannels(this.hypercall, boot.sharedInfo.buffer, boot.vcpuId, wakes);
+    this.evtchn = new EventChannels(this.hypercall, boot.sharedInfo.buffer, boot.vcpuId, wakes, this.spin);
     this.gnttab = new GrantTable(this.hypercall, boot.grantTable.buffer, boot.nrGrantEntries);
     this.memory = new GuestMemory(this.hypercall);
     this.keepAlive = setInterval(() => {}, 1 << 30);
