@@ -90,9 +90,10 @@ export class EventChannels {
   /**
    * Counters: sends that notified, sends suppressed (bit already pending), sends on
    * unbound ports, upcalls, events dispatched, spurious bits; and for
-   * {@link waitSync}: sleeps (`Atomics.wait` calls that slept) and spins that caught the event.
+   * {@link waitSync}: sleeps (`Atomics.wait` calls that slept), wake-ups (sleeps
+   * ended by a notification rather than the timeout) and spins that caught the event.
    */
-  readonly counters = { sent: 0, suppressed: 0, dropped: 0, upcalls: 0, dispatched: 0, spurious: 0, sleeps: 0, spinHits: 0 };
+  readonly counters = { sent: 0, suppressed: 0, dropped: 0, upcalls: 0, dispatched: 0, spurious: 0, sleeps: 0, wakeups: 0, spinHits: 0 };
 
   constructor(
     private readonly hc: HypercallPort,
@@ -392,7 +393,9 @@ export class EventChannels {
         }
         if (mode === 'poll' && this.spin.available() > 0) continue; // spun out, still no event: poll on
       }
-      if (Atomics.wait(wake, I_WAKE, seen, Math.min(left, 100)) !== 'not-equal') this.counters.sleeps++;
+      const r = Atomics.wait(wake, I_WAKE, seen, Math.min(left, 100));
+      if (r !== 'not-equal') this.counters.sleeps++;
+      if (r === 'ok') this.counters.wakeups++;
     }
   }
 

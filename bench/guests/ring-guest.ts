@@ -65,6 +65,13 @@ export interface RingRunResult {
   readonly errors: number;
   /** Total requests completed (warm-up included). */
   readonly total: number;
+  /** Wake-ups by notification in the window (the frontend's). */
+  readonly wakeups: number;
+  /** Sequence numbers of the first and last response counted in the window (-1 if none). */
+  readonly firstSeq: number;
+  readonly lastSeq: number;
+  /** Process-wide CPU time over the window, µs (`process.cpuUsage()` is process-wide in any thread). */
+  readonly cpuUs: number;
 }
 
 /** What the backend reports when its loop ends. */
@@ -75,7 +82,17 @@ export interface RingServeResult {
   readonly spinHits: number;
   /** Requests that arrived out of sequence or with a corrupted payload. */
   readonly seqErrors: number;
+  readonly wakeups: number;
+  /**
+   * Checkpoints every {@link CHECKPOINT_EVERY} requests: `[seq, notifications, wakeups]`
+   * cumulated since the serve began, so a window given by sequence numbers can be
+   * measured on the backend's side too.
+   */
+  readonly checkpoints: number[];
 }
+
+/** Requests between two backend checkpoints. */
+export const CHECKPOINT_EVERY = 64;
 
 /** A small deterministic PRNG (xorshift32) for random batch sizes. */
 function rng(seed: number): () => number {
@@ -111,7 +128,7 @@ export default function main(k: Kernel): Promise<unknown> {
   const done = new Promise<unknown>((r) => (finish = r));
 
   /** Waits until `ready()` is true, per mode; false when the peer is silent past the deadline. */
-  const waitFor = (port: EvtchnPort, mode: WaitMode, ready: () => boolean, finalCheck: () => boolean, st: { sleeps: number; spinHits: number }): boolean => {
+  const waitFor = (port: EvtchnPort, mode: WaitMode, ready: () => boolean, finalCheck: () => boolean, st: { sleeps: number; spinHits: number; wakeups: number }): boolean => {
     if (mode === 'poll') {
       const t0 = performance.now();
       for (let i = 0; ; i++) {
@@ -120,10 +137,12 @@ export default function main(k: Kernel): Promise<unknown> {
       }
     }
     if (finalCheck()) return true;
-    const before = { s: k.evtchn.counters.sleeps, h: k.evtchn.counters.spinHits };
+    const c = k.evtchn.counters;
+    const before = { s: c.sleeps, h: c.spinHits, w: c.wakeups };
     const got = k.evtchn.waitSync(port, mode, PEER_DEADLINE_MS);
-    st.sleeps += k.evtchn.counters.sleeps - before.s;
-    st.spinHits += k.evtchn.counters.spinHits - before.h;
+    st.sleeps += c.sleeps - before.s;
+    st.spinHits += c.spinHits - before.h;
+    st.wakeups += c.wakeups - before.w;
     return got || ready();
   };
 
@@ -146,17 +165,25 @@ export default function main(k: Kernel): Promise<unknown> {
       return { size: back.ring.size };
     },
     /** Backend: serve until the stop sentinel. */
-    serve: (a: { mode: WaitMode }): RingServeResult => {
+    serve: (a: { mode: WaitMode; batch?: number }): RingServeResult => {
       const b = back!;
       const ring = b.ring;
       const copy = new Uint8Array(BLKIF_RING_ENTRY_SIZE);
       const cdv = new DataView(copy.buffer);
       const req: BlkifRequest = { operation: 0, nrSegments: 0, handle: 0, id: 0, sectorNumber: 0, segments: [] };
       const rsp: BlkifResponse = { id: 0, operation: 0, status: 0 };
-      const st = { sleeps: 0, spinHits: 0 };
+      const st = { sleeps: 0, spinHits: 0, wakeups: 0 };
+      const checkpoints: number[] = [];
+      const pushEvery = a.batch ?? Infinity;
       let served = 0;
       let notifications = 0;
       let seqErrors = 0;
+      const push = () => {
+        if (ring.pushResponsesAndCheckNotify()) {
+          notifications++;
+          k.evtchn.notify(b.port);
+        }
+      };
       const token = a.mode === 'poll' && k.spin.tryAcquire();
       const mode: WaitMode = a.mode === 'poll' && !token ? 'block' : a.mode;
       try {
@@ -180,17 +207,16 @@ export default function main(k: Kernel): Promise<unknown> {
             rsp.status = 0;
             writeBlkifResponse(ring.view, ring.produceResponse(), rsp);
             served++;
+            if (req.id % CHECKPOINT_EVERY === 0) checkpoints.push(req.id, notifications, st.wakeups);
+            if (served % pushEvery === 0) push();
           }
-          if (ring.pushResponsesAndCheckNotify()) {
-            notifications++;
-            k.evtchn.notify(b.port);
-          }
+          push(); // publishes what a `batch` boundary left unpublished (a no-op otherwise)
           if (stop) break;
         }
       } finally {
         if (token) k.spin.release();
       }
-      return { served, notifications, sleeps: st.sleeps, spinHits: st.spinHits, seqErrors };
+      return { served, notifications, sleeps: st.sleeps, spinHits: st.spinHits, seqErrors, wakeups: st.wakeups, checkpoints };
     },
     /** Frontend: one run (count- or time-bounded), then the stop sentinel if `stop`. */
     run: (a: RingRunConfig & { stop?: boolean }): RingRunResult => {
@@ -205,13 +231,17 @@ export default function main(k: Kernel): Promise<unknown> {
       const cdv = new DataView(copy.buffer);
       const rsp: BlkifResponse = { id: 0, operation: 0, status: 0 };
       const req: BlkifRequest = { operation: BLKIF_OP_READ, nrSegments: 1, handle: 0, id: 0, sectorNumber: 0, segments: [{ gref: 0, firstSect: 0, lastSect: 7 }] };
-      const st = { sleeps: 0, spinHits: 0 };
+      const st = { sleeps: 0, spinHits: 0, wakeups: 0 };
+      let firstSeq = -1;
+      let lastSeq = -1;
+      let cpu0 = process.cpuUsage();
+      let cpuUs = 0;
       let inFlight = 0;
       let completed = 0;
       let errors = 0;
       let notifications = 0;
       let expect = f.nextSeq;
-      const firstSeq = f.nextSeq;
+      const runStartSeq = f.nextSeq;
       const token = a.mode === 'poll' && k.spin.tryAcquire();
       const mode: WaitMode = a.mode === 'poll' && !token ? 'block' : a.mode;
       const t0 = performance.now();
@@ -237,8 +267,11 @@ export default function main(k: Kernel): Promise<unknown> {
         }
       };
       try {
+        let iter = 0;
         for (;;) {
-          const now = completed % 64 === 0 ? performance.now() : 0;
+          // The clock is read every 16 loop passes (responses arrive in chunks, so a
+          // cadence on `completed` could skip the window's edges).
+          const now = (iter++ & 15) === 0 ? performance.now() : 0;
           if (now) {
             if (!measuring && now >= warmEnd) {
               measuring = true;
@@ -247,16 +280,22 @@ export default function main(k: Kernel): Promise<unknown> {
               rttNs.length = 0;
               st.sleeps = 0;
               st.spinHits = 0;
+              st.wakeups = 0;
               notifications = 0;
+              cpu0 = process.cpuUsage();
             }
-            if (now >= end && !mEnd) mEnd = now;
+            if (now >= end && !mEnd) {
+              mEnd = now;
+              const c = process.cpuUsage(cpu0);
+              cpuUs = c.user + c.system;
+            }
           }
-          const wantMore = a.count !== undefined ? f.nextSeq - firstSeq < a.count : !mEnd;
+          const wantMore = a.count !== undefined ? f.nextSeq - runStartSeq < a.count : !mEnd;
           // Produce up to one batch.
           if (wantMore && inFlight < depth) {
             let n = a.randomBatch ? 1 + (rand() % a.batch) : a.batch;
             n = Math.min(n, depth - inFlight, ring.freeRequests());
-            if (a.count !== undefined) n = Math.min(n, a.count - (f.nextSeq - firstSeq));
+            if (a.count !== undefined) n = Math.min(n, a.count - (f.nextSeq - runStartSeq));
             if (n > 0) {
               for (let i = 0; i < n; i++) produce(BLKIF_OP_READ);
               inFlight += n;
@@ -285,10 +324,18 @@ export default function main(k: Kernel): Promise<unknown> {
             }
             inFlight--;
             completed++;
-            if (measuring && !mEnd) mOps++;
+            if (measuring && !mEnd) {
+              mOps++;
+              if (firstSeq < 0) firstSeq = rsp.id;
+              lastSeq = rsp.id;
+            }
           }
         }
-        if (!mEnd) mEnd = performance.now();
+        if (!mEnd) {
+          mEnd = performance.now();
+          const c = process.cpuUsage(cpu0);
+          cpuUs = c.user + c.system;
+        }
         if (a.stop) {
           produce(OP_STOP);
           publish();
@@ -301,14 +348,18 @@ export default function main(k: Kernel): Promise<unknown> {
       } finally {
         if (token) k.spin.release();
       }
-      return { ops: mOps, elapsedNs: (mEnd - mStart) * 1e6, rttNs, notifications, sleeps: st.sleeps, spinHits: st.spinHits, errors, total: completed };
+      return {
+        ops: mOps, elapsedNs: (mEnd - mStart) * 1e6, rttNs, notifications, sleeps: st.sleeps, spinHits: st.spinHits, errors,
+        total: completed, wakeups: st.wakeups, firstSeq, lastSeq, cpuUs,
+      };
     },
     /** Either side: wait idle (adaptive) for `ms` with nothing arriving; reports sleeps. */
     idle: (a: { ms: number }) => {
       const port = (front ?? back)!.port;
-      const before = k.evtchn.counters.sleeps;
+      const c = k.evtchn.counters;
+      const before = { s: c.sleeps, w: c.wakeups };
       const got = k.evtchn.waitSync(port, 'adaptive', a.ms);
-      return { gotEvent: got, sleeps: k.evtchn.counters.sleeps - before };
+      return { gotEvent: got, sleeps: c.sleeps - before.s, wakeups: c.wakeups - before.w };
     },
     counters: () => ({ evtchn: { ...k.evtchn.counters } }),
     exit: () => finish(null),
