@@ -895,11 +895,17 @@ export class BenchWorker {
 
 /**
  * Returns leaked spin tokens: when no bench thread runs, every token must be free;
- * a case whose worker was terminated mid-spin may have taken one with it.
+ * a case whose worker was terminated mid-spin may have taken one with it. Live
+ * threads may hold a token for a few microseconds (pvio's hypervisor and dom0 spin
+ * briefly after serving), so this first waits up to `graceMs` for the tokens to
+ * come back by themselves: returning a token that is only borrowed would mint an
+ * extra one, and a third spinner on two cores slows everything ~15x.
  * @returns how many tokens were returned (0 normally).
  */
-export function restoreSpinTokens(buffer: SharedArrayBuffer, total: number): number {
+export async function restoreSpinTokens(buffer: SharedArrayBuffer, total: number, graceMs = 200): Promise<number> {
   const t = new SpinTokens(buffer);
+  const deadline = Date.now() + graceMs;
+  while (t.available() < total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
   let n = 0;
   while (t.available() < total) {
     t.release();

@@ -344,8 +344,8 @@ export async function benchRing(argv: string[], deps: BenchRingDeps = {}): Promi
     log(`${plan.groups.length} groups, ${o.rounds} rounds, ${o.warmupMs} ms warm-up + ${o.measureMs} ms measured per run`);
     const sched = await runSchedule(plan.groups, {
       rounds: o.rounds, run, probe: () => probe.measure(), log, budgetMs: o.budgetS * 1000, startedAt: t0,
-      afterRun: (c) => {
-        const n = restoreSpinTokens(tokens, BENCH_SPIN_TOKENS);
+      afterRun: async (c) => {
+        const n = await restoreSpinTokens(tokens, BENCH_SPIN_TOKENS);
         if (n > 0) {
           const msg = `${describeCase(c)} left ${n} spin token(s) taken; returned`;
           log(msg);
@@ -368,7 +368,7 @@ export async function benchRing(argv: string[], deps: BenchRingDeps = {}): Promi
       } catch (e) {
         idle.push({ impl, ringPages: 1, waitMode: 'adaptive', error: (e as Error)?.message ?? String(e) });
       }
-      restoreSpinTokens(tokens, BENCH_SPIN_TOKENS);
+      await restoreSpinTokens(tokens, BENCH_SPIN_TOKENS);
     };
     await idleRun('minimal-ring', async () => ({ impl: 'minimal-ring', ringPages: 1, waitMode: 'adaptive', ...(await minimal.idleCpu(idleOpts)) }));
     const pvioIdle = pvioLoad.module?.pvioIdleCpu;

@@ -376,6 +376,20 @@ export class FrontRing {
   }
 
   /**
+   * Claims the slot at `reqProdPvt` like {@link produceRequest} and copies `entry`
+   * (a request built in private memory, at most {@link entrySize} bytes) into it
+   * with one copy: the way to fill a slot cheaply (stores into shared memory cost
+   * several times more than into a private buffer).
+   * @throws InvariantError when the ring is full or `entry` is longer than a slot.
+   * @see io/ring.h `*RING_GET_REQUEST(r, r->req_prod_pvt++) = req`
+   */
+  produceRequestFrom(entry: Uint8Array): void {
+    if (entry.length > this.entrySize) throw new InvariantError('FrontRing: entry longer than a slot');
+    const off = this.produceRequest();
+    this.#slots[((off - SRING_RING_OFFSET) / this.entrySize) | 0].set(entry);
+  }
+
+  /**
    * Publishes every produced request: `req_prod = reqProdPvt`. No notification
    * decision; use {@link pushRequestsAndCheckNotify} unless the backend polls.
    * @see io/ring.h `RING_PUSH_REQUESTS`
@@ -445,25 +459,29 @@ export class FrontRing {
   /**
    * Copies the response slot for index `idx` once, whole, into a private buffer;
    * decode and validate the copy, never the shared slot (XSA-155).
-   * @param into at least {@link entrySize} bytes; bytes `[0, entrySize)` are written.
-   * @throws InvariantError when `into` is too short.
+   * @param into at least `bytes` long; bytes `[0, bytes)` are written.
+   * @param bytes how much of the slot to copy (default the whole entry; a consumer
+   *   copies just the response struct, e.g. 16 of blkif's 112 bytes).
+   * @throws InvariantError when `into` is too short or `bytes` exceeds an entry.
    * @see io/ring.h `RING_COPY_RESPONSE`
    */
-  copyResponse(idx: number, into: Uint8Array): void {
-    if (into.length < this.entrySize) throw new InvariantError('FrontRing: copyResponse buffer shorter than an entry');
-    into.set(this.#slots[idx & this.#mask]);
+  copyResponse(idx: number, into: Uint8Array, bytes: number = this.entrySize): void {
+    if (bytes > this.entrySize || into.length < bytes) throw new InvariantError('FrontRing: copyResponse buffer shorter than the bytes asked');
+    const slot = this.#slots[idx & this.#mask];
+    into.set(bytes === this.entrySize ? slot : slot.subarray(0, bytes));
   }
 
   /**
-   * Copies the response at `rspCons` into `into` and advances `rspCons` by one.
+   * Copies the response at `rspCons` (its first `bytes`, default the whole entry)
+   * into `into` and advances `rspCons` by one.
    * @throws InvariantError when no response is known to be ready (call
    *   {@link unconsumedResponses} first) or `into` is too short.
    * @see io/ring.h `RING_COPY_RESPONSE(r, r->rsp_cons++, &rsp)`
    */
-  consumeResponse(into: Uint8Array): void {
+  consumeResponse(into: Uint8Array, bytes: number = this.entrySize): void {
     const cons = this.#rspCons;
     if (cons === this.#rspProdSeen) throw new InvariantError('FrontRing: consumeResponse with no response seen');
-    this.copyResponse(cons, into);
+    this.copyResponse(cons, into, bytes);
     this.#rspCons = (cons + 1) >>> 0;
     this.counters.responsesConsumed++;
   }
@@ -701,6 +719,19 @@ export class BackRing {
     this.#rspProdPvt = (pvt + 1) >>> 0;
     this.counters.responsesProduced++;
     return this.responseOffset(pvt);
+  }
+
+  /**
+   * Claims the slot at `rspProdPvt` like {@link produceResponse} and copies `entry`
+   * (a response built whole in private memory, padding zeroed: XSA-216) into it
+   * with one copy.
+   * @throws InvariantError as {@link produceResponse}, or when `entry` is longer than a slot.
+   * @see io/ring.h `*RING_GET_RESPONSE(r, r->rsp_prod_pvt++) = rsp`
+   */
+  produceResponseFrom(entry: Uint8Array): void {
+    if (entry.length > this.entrySize) throw new InvariantError('BackRing: entry longer than a slot');
+    const off = this.produceResponse();
+    this.#slots[((off - SRING_RING_OFFSET) / this.entrySize) | 0].set(entry);
   }
 
   /**

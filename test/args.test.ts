@@ -89,3 +89,13 @@ describe('parseCli: bad command lines give one-line UsageErrors', () => {
     expect(usageError(['up', '--fr\nob'])).toBe("unknown option '--fr\\x0aob'");
   });
 });
+
+describe('pvio bench', () => {
+  it('passes the benchmark its own arguments untouched', () => {
+    expect(parseCli(['bench', 'ring', '--json', 'out.json', '--quick'])).toEqual({ command: 'bench', what: 'ring', argv: ['--json', 'out.json', '--quick'] });
+  });
+  it('rejects a missing or unknown benchmark in one line', () => {
+    expect(() => parseCli(['bench'])).toThrow(/bench needs a benchmark name/);
+    expect(() => parseCli(['bench', 'disk'])).toThrow(/unknown benchmark 'disk'/);
+  });
+});

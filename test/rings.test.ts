@@ -429,3 +429,34 @@ describe('attach', () => {
     expect(() => BackRing.attach(mem, BLKIF_ENTRY, 2 ** 32)).toThrow(InvariantError);
   });
 });
+
+describe('entries built in private memory', () => {
+  it('produceRequestFrom / produceResponseFrom copy a privately built entry into the next slot', () => {
+    const mem = new Uint8Array(new SharedArrayBuffer(4096));
+    const f = FrontRing.init(mem, 112, 0xffff_fffe);
+    const b = BackRing.attach(mem, 112, 0xffff_fffe);
+    const entry = new Uint8Array(112).map((_, i) => i + 1);
+    for (let i = 0; i < 3; i++) {
+      entry[0] = 0xa0 + i;
+      f.produceRequestFrom(entry);
+    }
+    expect(f.pushRequestsAndCheckNotify()).toBe(true);
+    const copy = new Uint8Array(112);
+    for (let i = 0; i < 3; i++) {
+      expect(b.unconsumedRequests()).toBe(3 - i);
+      b.consumeRequest(copy);
+      expect(copy[0]).toBe(0xa0 + i);
+      expect(copy[111]).toBe(112);
+      b.produceResponseFrom(new Uint8Array(16).fill(0x40 + i));
+    }
+    b.pushResponsesAndCheckNotify();
+    const rsp = new Uint8Array(16);
+    for (let i = 0; i < 3; i++) {
+      f.unconsumedResponses();
+      f.consumeResponse(rsp, 16);
+      expect([...rsp]).toEqual(new Array(16).fill(0x40 + i));
+    }
+    expect(() => f.produceRequestFrom(new Uint8Array(113))).toThrow(/longer than a slot/);
+    expect(() => f.copyResponse(0, new Uint8Array(8), 16)).toThrow(/shorter/);
+  });
+});

@@ -17,6 +17,8 @@ export const USAGE = `\
 Usage:
   pvio up [CONFIG] [options]   boot the guest domain described by CONFIG (an xl-style
                                config file) and run it until every domain has exited
+  pvio bench ring [options]    the ring benchmark: pvio against a minimal ring, MessagePort
+                               and ringbuf.js (--json FILE, --svg FILE, --quick; see bench/README.md)
   pvio help                    show this help
   pvio --version               print the version
 
@@ -58,7 +60,16 @@ export interface UpCommand {
 }
 
 /** A parsed command line: see {@link parseCli}. */
-export type Cli = UpCommand | { command: 'help' } | { command: 'version' };
+/** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
+export interface BenchCommand {
+  command: 'bench';
+  /** Which benchmark (`ring`). */
+  what: string;
+  /** The arguments after WHAT, untouched. */
+  argv: string[];
+}
+
+export type Cli = UpCommand | BenchCommand | { command: 'help' } | { command: 'version' };
 
 /** Largest `--scratch-mib`: its size in bytes must stay an exact JS number (2^53). */
 const MAX_SCRATCH_MIB = 2 ** 33;
@@ -97,6 +108,10 @@ function q(s: string): string {
  *   an extra argument
  */
 export function parseCli(argv: string[]): Cli {
+  if (argv[0] === 'bench') {
+    if (argv[1] !== 'ring') throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring')" : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring')`);
+    return { command: 'bench', what: argv[1], argv: argv.slice(2) };
+  }
   let tokens;
   try {
     // strict: false, so that every problem is reported by us, in one line, and the

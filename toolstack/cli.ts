@@ -118,6 +118,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`pvio ${version()}\n`);
     return 0;
   }
+  if (cmd.command === 'bench') {
+    const { benchRing } = await import('../bench/ring.ts');
+    return benchRing(cmd.argv);
+  }
   let plan;
   try {
     plan = guestFromCli(cmd);
