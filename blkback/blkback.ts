@@ -17,7 +17,7 @@
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/blkback.c
  */
-import { ProtocolError, invariant } from '../rings/errors.ts';
+import { ProtocolError, InvariantError } from '../rings/errors.ts';
 import { BackRing } from '../rings/ring.ts';
 import {
   BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
@@ -235,7 +235,7 @@ export class BlkbackRing {
 
   private completeAsync(id: number, status: StorageStatus): void {
     const f = this.inflight.get(id);
-    invariant(f, `store completed unknown request ${id}`);
+    if (!f) throw new InvariantError(`store completed unknown request ${id}`);
     this.inflight.delete(id);
     if (f.handles.length > 0) this.unmap(f.handles);
     this.account(f, status);
@@ -248,7 +248,7 @@ export class BlkbackRing {
 
   private unmap(handles: GrantHandle[]): void {
     const st = this.gnttab.unmap(handles);
-    for (const s of st) invariant(s === GNTST.okay, `unmap of our own handle failed: ${s}`);
+    for (const s of st) if (s !== GNTST.okay) throw new InvariantError(`unmap of our own handle failed: ${s}`);
   }
 
   private respond(id: number, operation: number, status: number): void {

@@ -23,7 +23,7 @@
  * at once, in both modes.
  */
 
-import { invariant } from '../rings/errors.ts';
+import { invariant, InvariantError } from '../rings/errors.ts';
 import {
   admitStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
   StorageError,
@@ -130,7 +130,7 @@ export class MemoryStore implements StorageBackend {
     if (this.sync) return this.#execute(req, len);
 
     invariant(this.#done !== undefined, 'MemoryStore: asynchronous submit before setCompletionHandler');
-    invariant(!this.#inFlight.has(req.id), `MemoryStore: request id ${req.id} is already in flight`);
+    if (this.#inFlight.has(req.id)) throw new InvariantError(`MemoryStore: request id ${req.id} is already in flight`);
     this.#inFlight.add(req.id);
     this.#queue.push({ req, len });
     this.#timer ??= setTimeout(() => this.#completeBatch(), this.asyncDelayMs);

@@ -35,7 +35,7 @@ import {
   readv, readvSync, writev, writevSync,
 } from 'node:fs';
 import { dirname } from 'node:path';
-import { invariant } from '../rings/errors.ts';
+import { invariant, InvariantError } from '../rings/errors.ts';
 import {
   admitStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
   StorageError,
@@ -257,7 +257,7 @@ export class RawFileStore implements StorageBackend {
 
   #submitAsync(req: StorageRequest, len: number): StorageSubmitResult {
     invariant(this.#done !== undefined, 'RawFileStore: asynchronous submit before setCompletionHandler');
-    invariant(!this.#inFlight.has(req.id), `RawFileStore: request id ${req.id} is already in flight`);
+    if (this.#inFlight.has(req.id)) throw new InvariantError(`RawFileStore: request id ${req.id} is already in flight`);
     const { id } = req;
     this.#inFlight.add(id);
     try {

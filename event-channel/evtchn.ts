@@ -19,7 +19,7 @@
  *
  * @see xen/include/public/event_channel.h, xen/common/event_2l.c
  */
-import { invariant } from '../rings/errors.ts';
+import { InvariantError } from '../rings/errors.ts';
 import {
   DOMID_SELF, EVTCHNOP, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG,
   EVTCHN_STATUS, EVTCHNSTAT, HYPERVISOR, NR_EVENT_CHANNELS, SHARED_INFO, VCPU_INFO, WAKE_PAGE, XEN_ERRNO,
@@ -317,7 +317,7 @@ export class EventChannels {
     Atomics.or(this.si, vi, 1);
     if (vcpu !== this.vcpuId) {
       const w = this.ownWake[vcpu];
-      invariant(w, `no wake page for vcpu ${vcpu}`);
+      if (!w) throw new InvariantError(`no wake page for vcpu ${vcpu}`);
       Atomics.add(w, I_WAKE, 1);
       Atomics.notify(w, I_WAKE, 1);
     }

@@ -15,7 +15,7 @@
  * {@link HypercallPort.drainPushes} hands them to the kernel.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { TimeoutError, invariant } from '../rings/errors.ts';
+import { TimeoutError, InvariantError, invariant } from '../rings/errors.ts';
 import { HC_ARGS_BYTES, HC_ARGS_OFFSET, HC_STATE, HYPERCALL_NAME, HYPERCALL_PAGE, PAGE_SIZE } from './abi.ts';
 import type { ExtentHandle } from './frames.ts';
 import type { HandleMessage } from './hypervisor.ts';
@@ -181,7 +181,7 @@ export class HypercallPort {
   private receive(seq: number, info: Array<HandleMessage['info'][number]>): void {
     for (;;) {
       const r = receiveMessageOnPort(this.port);
-      invariant(r, `hypervisor posted no answer for call ${seq}`);
+      if (!r) throw new InvariantError(`hypervisor posted no answer for call ${seq}`);
       const m = r.message as HandleMessage;
       for (const h of m.handles) this.frames.add(h);
       if (m.push) {

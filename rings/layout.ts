@@ -12,7 +12,7 @@
  * u64 fields are two u32 halves: {@link readU64} refuses values at or above 2^53,
  * so no BigInt is ever needed on the data path.
  */
-import { invariant, ProtocolError } from './errors.ts';
+import { invariant, InvariantError, ProtocolError } from './errors.ts';
 
 /** Scalar or opaque byte-array field types. */
 export type FieldType = 'u8' | 'u16' | 'u32' | 'i8' | 'i16' | 'i32' | 'u64' | 'bytes';
@@ -101,7 +101,7 @@ export function readU64(dv: DataView, offset: number): number {
  * @throws InvariantError for a value out of that range (a pvio bug).
  */
 export function writeU64(dv: DataView, offset: number, value: number): void {
-  invariant(Number.isSafeInteger(value) && value >= 0, `writeU64: ${value} is not a u53`);
+  if (!(Number.isSafeInteger(value) && value >= 0)) throw new InvariantError(`writeU64: ${value} is not a u53`);
   dv.setUint32(offset, value >>> 0, true);
   dv.setUint32(offset + 4, Math.floor(value / TWO32), true);
 }
