@@ -249,6 +249,9 @@ export class FrontRing {
   #rspCons: number;
   /** Last `rsp_prod` that passed the overflow checks: the bound for `rspCons`. */
   #rspProdSeen: number;
+  /** Per-slot views of the first {@link #headBytes} bytes, for partial response copies. */
+  #head: Uint8Array[] = [];
+  #headBytes = -1;
 
   private constructor(mem: Uint8Array, entrySize: number, startIdx: number) {
     const g = geometry(mem, entrySize);
@@ -467,8 +470,16 @@ export class FrontRing {
    */
   copyResponse(idx: number, into: Uint8Array, bytes: number = this.entrySize): void {
     if (bytes > this.entrySize || into.length < bytes) throw new InvariantError('FrontRing: copyResponse buffer shorter than the bytes asked');
-    const slot = this.#slots[idx & this.#mask];
-    into.set(bytes === this.entrySize ? slot : slot.subarray(0, bytes));
+    if (bytes === this.entrySize) {
+      into.set(this.#slots[idx & this.#mask]);
+      return;
+    }
+    if (bytes !== this.#headBytes) {
+      // Views of the first `bytes` of every slot, made once per length (no allocation per copy).
+      this.#head = this.#slots.map((sl) => sl.subarray(0, bytes));
+      this.#headBytes = bytes;
+    }
+    into.set(this.#head[idx & this.#mask]);
   }
 
   /**
