@@ -59,7 +59,6 @@ export interface UpCommand {
   progress: boolean;
 }
 
-/** A parsed command line: see {@link parseCli}. */
 /** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
 export interface BenchCommand {
   command: 'bench';
@@ -69,6 +68,7 @@ export interface BenchCommand {
   argv: string[];
 }
 
+/** A parsed command line: see {@link parseCli}. */
 export type Cli = UpCommand | BenchCommand | { command: 'help' } | { command: 'version' };
 
 /** Largest `--scratch-mib`: its size in bytes must stay an exact JS number (2^53). */
