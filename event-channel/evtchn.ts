@@ -29,6 +29,7 @@ import type { BindingInfo, PortInfo } from '../hypervisor/hypervisor.ts';
 import { HypercallPort } from '../hypervisor/hypercall.ts';
 import { PvioError } from '../rings/errors.ts';
 import { SpinTokens } from '../hypervisor/spin.ts';
+import { raiseUpcall, setPortPending } from '../hypervisor/shared-info.ts';
 
 /**
  * How a synchronous waiter waits (see {@link EventChannels.waitSync}):
@@ -256,7 +257,10 @@ export class EventChannels {
   unmask(port: EvtchnPort): void {
     const bit = 1 << (port & 31);
     Atomics.and(this.si, SI_MASK_I32 + (port >> 5), ~bit);
-    if (Atomics.load(this.si, SI_PENDING_I32 + (port >> 5)) & bit) this.raise(port, 0);
+    if (Atomics.load(this.si, SI_PENDING_I32 + (port >> 5)) & bit) {
+      raiseUpcall(this.si, port, 0);
+      this.kick(0);
+    }
   }
 
   /** Virtual cli/sti: `evtchn_upcall_mask` of this vCPU. */
@@ -302,25 +306,16 @@ export class EventChannels {
 
   /** Xen's `evtchn_set_pending` on our own shared_info. */
   private setPending(port: number): void {
-    const bit = 1 << (port & 31);
-    const old = Atomics.or(this.si, SI_PENDING_I32 + (port >> 5), bit);
-    if (old & bit) return;
-    if (Atomics.load(this.si, SI_MASK_I32 + (port >> 5)) & bit) return;
-    this.raise(port, 0);
+    if (setPortPending(this.si, port, 0)) this.kick(0);
   }
 
-  /** Sets the selector bit and upcall_pending of `vcpu` for `port`, kicking it if it is not us. */
-  private raise(port: number, vcpu: number): void {
-    const vi = vcpu * VI_WORDS;
-    const sel = port >> 6;
-    Atomics.or(this.si, vi + VI_SEL_I32 + (sel >> 5), 1 << (sel & 31));
-    Atomics.or(this.si, vi, 1);
-    if (vcpu !== this.vcpuId) {
-      const w = this.ownWake[vcpu];
-      if (!w) throw new InvariantError(`no wake page for vcpu ${vcpu}`);
-      Atomics.add(w, I_WAKE, 1);
-      Atomics.notify(w, I_WAKE, 1);
-    }
+  /** Wakes vCPU `vcpu` of this domain if it is not the caller. */
+  private kick(vcpu: number): void {
+    if (vcpu === this.vcpuId) return;
+    const w = this.ownWake[vcpu];
+    if (!w) throw new InvariantError(`no wake page for vcpu ${vcpu}`);
+    Atomics.add(w, I_WAKE, 1);
+    Atomics.notify(w, I_WAKE, 1);
   }
 
   /**

@@ -26,10 +26,11 @@ import {
   GNTTAB_COPY, GNTTAB_MAP_GRANT_REF, GNTTAB_QUERY_SIZE, GNTTAB_RESERVED_CONSOLE,
   GNTTAB_RESERVED_XENSTORE, GNTTAB_UNMAP_GRANT_REF, GRANT_ENTRY_V1, GRANT_ENTRIES_PER_FRAME,
   GTF, HC_ARGS_BYTES, HC_ARGS_OFFSET, HC_STATE, HYPERCALL_NAME, HYPERCALL_PAGE, HYPERVISOR,
-  NR_EVENT_CHANNELS, PAGE_SIZE, SCHEDOP, SCHED_SHUTDOWN, SHARED_INFO, SHUTDOWN, VCPU_INFO,
+  NR_EVENT_CHANNELS, PAGE_SIZE, SCHEDOP, SCHED_SHUTDOWN, SHUTDOWN,
   WAKE_PAGE, XENMEM, XEN_ERRNO, XEN_MEMORY_RESERVATION, type DomId, type Mfn,
 } from './abi.ts';
 import { FrameTable, type ExtentHandle, type Frame } from './frames.ts';
+import { setPortPending } from './shared-info.ts';
 import type { BootInfo } from './boot.ts';
 
 /** Most entries of one batched hypercall served before the rest is re-issued. */
@@ -45,8 +46,6 @@ const I_PUSHSEQ = HC.pushSeq.offset >> 2;
 const I_PAUSED = HC.paused.offset >> 2;
 const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
 const GE_FRAME = GRANT_ENTRY_V1.fields.frame.offset;
-const SI_PENDING_I32 = SHARED_INFO.fields.evtchn_pending.offset >> 2;
-const SI_MASK_I32 = SHARED_INFO.fields.evtchn_mask.offset >> 2;
 
 /** Lifecycle of a domain. */
 export type DomainState = 'paused' | 'running' | 'dying' | 'dead';
@@ -761,18 +760,8 @@ export class Hypervisor {
    * `evtchn_set_pending` does (used on bind; sends from peers use pair pages).
    */
   private setPending(dom: Domain, port: number): void {
-    const w = port >> 5;
-    const bit = 1 << (port & 31);
-    const old = Atomics.or(dom.sharedInfoI32, SI_PENDING_I32 + w, bit);
-    if (old & bit) return;
-    if (Atomics.load(dom.sharedInfoI32, SI_MASK_I32 + w) & bit) return;
     const vcpu = dom.evtchns.get(port)?.vcpu ?? 0;
-    const vi = (vcpu * VCPU_INFO.size) >> 2;
-    const sel = port >> 6; // one selector bit per 64 ports (x86_64 xen_ulong_t)
-    Atomics.or(dom.sharedInfoI32, vi + (VCPU_INFO.fields.evtchn_pending_sel.offset >> 2) + (sel >> 5), 1 << (sel & 31));
-    // evtchn_upcall_pending is byte 0 of vcpu_info: set through the word holding it.
-    Atomics.or(dom.sharedInfoI32, vi, 1);
-    this.kick(dom.vcpus[vcpu]);
+    if (setPortPending(dom.sharedInfoI32, port, vcpu)) this.kick(dom.vcpus[vcpu]);
   }
 
   /** Posts unsolicited handles/info to every vCPU of `dom` and wakes them. */

@@ -211,6 +211,28 @@ function checkBatch(batch: number, size: number): void {
 }
 
 /**
+ * `RING_PUSH_*_AND_CHECK_NOTIFY` for either direction: publishes `newProd` at
+ * index slot `prodI` and says whether the peer must be notified — iff its event
+ * index (slot `eventI`) lies in `(old, new]`, i.e. `(new - event) < (new - old)` as
+ * u32. Counts the decision in `counters`.
+ * @see io/ring.h `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`
+ */
+function pushAndCheckNotify(
+  idx: Int32Array, prodI: number, eventI: number, newProd: number,
+  counters: { notificationsSent: number; notificationsSuppressed: number },
+): boolean {
+  const oldProd = Atomics.load(idx, prodI) >>> 0;
+  // xen_wmb: the peer must see the slots before it sees the producer index move.
+  Atomics.store(idx, prodI, newProd | 0);
+  // xen_mb: the peer must see the new producer index before we read its event index, or both ends sleep.
+  const event = Atomics.load(idx, eventI) >>> 0;
+  const notify = ((newProd - event) >>> 0) < ((newProd - oldProd) >>> 0);
+  if (notify) counters.notificationsSent++;
+  else if (newProd !== oldProd) counters.notificationsSuppressed++;
+  return notify;
+}
+
+/**
  * The frontend's end of a ring: produces requests, consumes responses.
  *
  * Typical use (blkfront):
@@ -411,17 +433,7 @@ export class FrontRing {
    * @see io/ring.h `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`
    */
   pushRequestsAndCheckNotify(): boolean {
-    const idx = this.#idx;
-    const oldProd = Atomics.load(idx, REQ_PROD) >>> 0;
-    const newProd = this.#reqProdPvt;
-    // xen_wmb: the backend must see the request slots before it sees req_prod move.
-    Atomics.store(idx, REQ_PROD, newProd | 0);
-    // xen_mb: the backend must see the new req_prod before we read req_event, or both ends sleep.
-    const event = Atomics.load(idx, REQ_EVENT) >>> 0;
-    const notify = ((newProd - event) >>> 0) < ((newProd - oldProd) >>> 0);
-    if (notify) this.counters.notificationsSent++;
-    else if (newProd !== oldProd) this.counters.notificationsSuppressed++;
-    return notify;
+    return pushAndCheckNotify(this.#idx, REQ_PROD, REQ_EVENT, this.#reqProdPvt, this.counters);
   }
 
   /**
@@ -763,18 +775,9 @@ export class BackRing {
    * @see io/ring.h `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`
    */
   pushResponsesAndCheckNotify(): boolean {
-    const idx = this.#idx;
-    const oldProd = Atomics.load(idx, RSP_PROD) >>> 0;
-    const newProd = this.#rspProdPvt;
-    // xen_wmb: the frontend must see the response slots before it sees rsp_prod move.
-    Atomics.store(idx, RSP_PROD, newProd | 0);
-    // xen_mb: the frontend must see the new rsp_prod before we read rsp_event, or both ends sleep.
-    const event = Atomics.load(idx, RSP_EVENT) >>> 0;
-    const notify = ((newProd - event) >>> 0) < ((newProd - oldProd) >>> 0);
-    if (notify) this.counters.notificationsSent++;
-    else if (newProd !== oldProd) this.counters.notificationsSuppressed++;
-    return notify;
+    return pushAndCheckNotify(this.#idx, RSP_PROD, RSP_EVENT, this.#rspProdPvt, this.counters);
   }
+
 
   /**
    * The check before sleeping. If requests are available, returns true.
