@@ -139,41 +139,47 @@ export class GrantTable {
   }
 
   /**
+   * Issues `GNTTABOP_<cmd>` over `items`, as many calls as the hypercall page needs:
+   * `write` fills argument struct `i` (of `size` bytes) at byte offset `o` of the
+   * page, `read` turns the struct the hypervisor answered into a result.
+   */
+  private batched<T, R>(cmd: number, size: number, items: readonly T[], write: (o: number, item: T) => void, read: (o: number) => R): R[] {
+    const out: R[] = [];
+    const max = HypercallPort.maxBatch(size);
+    for (let s = 0; s < items.length; s += max) {
+      const n = Math.min(max, items.length - s);
+      for (let i = 0; i < n; i++) write(HypercallPort.argOffset(i, size), items[s + i]);
+      this.hc.call(HYPERVISOR.grant_table_op, cmd, n);
+      for (let i = 0; i < n; i++) out.push(read(HypercallPort.argOffset(i, size)));
+    }
+    return out;
+  }
+
+  /**
    * Maps a batch of grants (`GNTTABOP_map_grant_ref`, `count` form, split into as
    * many calls as the hypercall page needs).
    * @returns one result per request, in order; failures carry their GNTST status.
    */
   map(reqs: readonly MapRequest[]): MapResult[] {
-    const out: MapResult[] = [];
-    const max = HypercallPort.maxBatch(GNTTAB_MAP_GRANT_REF.size);
     const p = this.hc.page;
-    for (let s = 0; s < reqs.length; s += max) {
-      const n = Math.min(max, reqs.length - s);
-      for (let i = 0; i < n; i++) {
-        const r = reqs[s + i];
-        const o = HypercallPort.argOffset(i, GNTTAB_MAP_GRANT_REF.size);
-        writeU64(p, o + MAP.host_addr.offset, 0);
-        p.setUint32(o + MAP.flags.offset, GNTMAP.host_map | (r.readonly ? GNTMAP.readonly : 0), true);
-        p.setUint32(o + MAP.ref.offset, r.ref, true);
-        p.setUint16(o + MAP.dom.offset, r.domid, true);
-        p.setInt16(o + MAP.status.offset, GNTST.general_error, true);
+    return this.batched(GNTTABOP.map_grant_ref, GNTTAB_MAP_GRANT_REF.size, reqs, (o, r) => {
+      writeU64(p, o + MAP.host_addr.offset, 0);
+      p.setUint32(o + MAP.flags.offset, GNTMAP.host_map | (r.readonly ? GNTMAP.readonly : 0), true);
+      p.setUint32(o + MAP.ref.offset, r.ref, true);
+      p.setUint16(o + MAP.dom.offset, r.domid, true);
+      p.setInt16(o + MAP.status.offset, GNTST.general_error, true);
+    }, (o) => {
+      const status = p.getInt16(o + MAP.status.offset, true);
+      this.counters.maps++;
+      if (status !== GNTST.okay) {
+        this.counters.mapFailures++;
+        return { status, handle: 0 as GrantHandle, mfn: 0, page: null };
       }
-      this.hc.call(HYPERVISOR.grant_table_op, GNTTABOP.map_grant_ref, n);
-      for (let i = 0; i < n; i++) {
-        const o = HypercallPort.argOffset(i, GNTTAB_MAP_GRANT_REF.size);
-        const status = p.getInt16(o + MAP.status.offset, true);
-        this.counters.maps++;
-        if (status !== GNTST.okay) {
-          this.counters.mapFailures++;
-          out.push({ status, handle: 0 as GrantHandle, mfn: 0, page: null });
-          continue;
-        }
-        const mfn = readU64(p, o + MAP.dev_bus_addr.offset) / PAGE_SIZE;
-        out.push({ status, handle: p.getUint32(o + MAP.handle.offset, true) as GrantHandle, mfn, page: this.hc.frames.page(mfn) });
-      }
-    }
-    return out;
+      const mfn = readU64(p, o + MAP.dev_bus_addr.offset) / PAGE_SIZE;
+      return { status, handle: p.getUint32(o + MAP.handle.offset, true) as GrantHandle, mfn, page: this.hc.frames.page(mfn) };
+    });
   }
+
 
   /**
    * Maps a multi-page shared ring (`ring-ref0..N-1`) as one contiguous region.
@@ -212,26 +218,18 @@ export class GrantTable {
    * @returns one GNTST status per handle (`GNTST_bad_handle` for an unknown one).
    */
   unmap(handles: readonly GrantHandle[]): number[] {
-    const out: number[] = [];
-    const max = HypercallPort.maxBatch(GNTTAB_UNMAP_GRANT_REF.size);
     const p = this.hc.page;
-    for (let s = 0; s < handles.length; s += max) {
-      const n = Math.min(max, handles.length - s);
-      for (let i = 0; i < n; i++) {
-        const o = HypercallPort.argOffset(i, GNTTAB_UNMAP_GRANT_REF.size);
-        writeU64(p, o + UNMAP.host_addr.offset, 0);
-        writeU64(p, o + UNMAP.dev_bus_addr.offset, 0);
-        p.setUint32(o + UNMAP.handle.offset, handles[s + i], true);
-        p.setInt16(o + UNMAP.status.offset, GNTST.general_error, true);
-      }
-      this.hc.call(HYPERVISOR.grant_table_op, GNTTABOP.unmap_grant_ref, n);
-      for (let i = 0; i < n; i++) {
-        out.push(p.getInt16(HypercallPort.argOffset(i, GNTTAB_UNMAP_GRANT_REF.size) + UNMAP.status.offset, true));
-        this.counters.unmaps++;
-      }
-    }
-    return out;
+    return this.batched(GNTTABOP.unmap_grant_ref, GNTTAB_UNMAP_GRANT_REF.size, handles, (o, h) => {
+      writeU64(p, o + UNMAP.host_addr.offset, 0);
+      writeU64(p, o + UNMAP.dev_bus_addr.offset, 0);
+      p.setUint32(o + UNMAP.handle.offset, h, true);
+      p.setInt16(o + UNMAP.status.offset, GNTST.general_error, true);
+    }, (o) => {
+      this.counters.unmaps++;
+      return p.getInt16(o + UNMAP.status.offset, true);
+    });
   }
+
 
   /**
    * Copies between grants and/or own frames in the hypervisor (`GNTTABOP_copy`).
@@ -239,39 +237,31 @@ export class GrantTable {
    * @returns one GNTST status per request.
    */
   copy(reqs: readonly CopyRequest[]): number[] {
-    const out: number[] = [];
-    const max = HypercallPort.maxBatch(GNTTAB_COPY.size);
     const p = this.hc.page;
-    const side = (o: number, uOff: number, dOff: number, offOff: number, s: CopySide): number => {
-      if ('ref' in s) {
+    /** Writes one side of a copy; @returns whether it names a grant ref. */
+    const side = (o: number, uOff: number, dOff: number, offOff: number, c: CopySide): boolean => {
+      if ('ref' in c) {
         writeU64(p, o + uOff, 0);
-        p.setUint32(o + uOff, s.ref, true);
-        p.setUint16(o + dOff, s.domid, true);
+        p.setUint32(o + uOff, c.ref, true);
+        p.setUint16(o + dOff, c.domid, true);
       } else {
-        writeU64(p, o + uOff, s.mfn);
+        writeU64(p, o + uOff, c.mfn);
         p.setUint16(o + dOff, DOMID_SELF, true);
       }
-      p.setUint16(o + offOff, s.offset, true);
-      return 'ref' in s ? 1 : 0;
+      p.setUint16(o + offOff, c.offset, true);
+      return 'ref' in c;
     };
-    for (let s = 0; s < reqs.length; s += max) {
-      const n = Math.min(max, reqs.length - s);
-      for (let i = 0; i < n; i++) {
-        const r = reqs[s + i];
-        const o = HypercallPort.argOffset(i, GNTTAB_COPY.size);
-        let flags = 0;
-        if (side(o, COPY.source_u.offset, COPY.source_domid.offset, COPY.source_offset.offset, r.source)) flags |= GNTCOPY.source_gref;
-        if (side(o, COPY.dest_u.offset, COPY.dest_domid.offset, COPY.dest_offset.offset, r.dest)) flags |= GNTCOPY.dest_gref;
-        p.setUint16(o + COPY.len.offset, r.len, true);
-        p.setUint16(o + COPY.flags.offset, flags, true);
-        p.setInt16(o + COPY.status.offset, GNTST.general_error, true);
-      }
-      this.hc.call(HYPERVISOR.grant_table_op, GNTTABOP.copy, n);
-      for (let i = 0; i < n; i++) {
-        out.push(p.getInt16(HypercallPort.argOffset(i, GNTTAB_COPY.size) + COPY.status.offset, true));
-        this.counters.copies++;
-      }
-    }
-    return out;
+    return this.batched(GNTTABOP.copy, GNTTAB_COPY.size, reqs, (o, r) => {
+      let flags = 0;
+      if (side(o, COPY.source_u.offset, COPY.source_domid.offset, COPY.source_offset.offset, r.source)) flags |= GNTCOPY.source_gref;
+      if (side(o, COPY.dest_u.offset, COPY.dest_domid.offset, COPY.dest_offset.offset, r.dest)) flags |= GNTCOPY.dest_gref;
+      p.setUint16(o + COPY.len.offset, r.len, true);
+      p.setUint16(o + COPY.flags.offset, flags, true);
+      p.setInt16(o + COPY.status.offset, GNTST.general_error, true);
+    }, (o) => {
+      this.counters.copies++;
+      return p.getInt16(o + COPY.status.offset, true);
+    });
   }
+
 }
