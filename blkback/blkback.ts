@@ -50,7 +50,10 @@ export interface BlkbackCounters {
 
 /** A request in flight between the ring and the store. */
 interface InFlight {
+  /** blkback's id for the store. */
   id: number;
+  /** The frontend's request id, echoed in the response. */
+  reqId: number;
   operation: number;
   handles: GrantHandle[];
   bytes: number;
@@ -80,7 +83,10 @@ export class BlkbackRing {
   };
   private readonly copyBuf: Uint8Array;
   private readonly copyDv: DataView;
-  private readonly req: BlkifRequest = { operation: 0, nrSegments: 0, handle: 0, id: 0, sectorNumber: 0, segments: [] };
+  /** One decoded copy per request of a pass, reused pass after pass (no allocation per request). */
+  private readonly reqs: BlkifRequest[] = Array.from({ length: MAX_BATCH }, () => ({
+    operation: 0, nrSegments: 0, handle: 0, id: 0, sectorNumber: 0, segments: [],
+  }));
   private readonly inflight = new Map<number, InFlight>();
   private nextId = 1;
   private dead = false;
@@ -135,8 +141,7 @@ export class BlkbackRing {
     while (avail > 0 && batch.length < MAX_BATCH) {
       ring.consumeRequest(this.copyBuf);
       avail--;
-      const req = this.opts.abi.readRequest(this.copyDv, 0, this.req);
-      const copy: BlkifRequest = { ...req, segments: req.segments.map((s) => ({ ...s })) };
+      const copy = this.opts.abi.readRequest(this.copyDv, 0, this.reqs[batch.length]);
       const status = this.validate(copy);
       const nseg = status === BLKIF_RSP_OKAY && (copy.operation === BLKIF_OP_READ || copy.operation === BLKIF_OP_WRITE) ? copy.nrSegments : 0;
       const first = maps.length;
@@ -176,10 +181,9 @@ export class BlkbackRing {
         bytes += (s.lastSect - s.firstSect + 1) * SECTOR_SIZE;
       }
       const id = this.nextId++;
-      const f: InFlight = { id, operation: op, handles, bytes };
+      const f: InFlight = { id, reqId: b.req.id, operation: op, handles, bytes };
       const storeOp = op === BLKIF_OP_READ ? 'read' : op === BLKIF_OP_WRITE ? 'write' : 'flush';
       this.inflight.set(id, f);
-      (f as InFlight & { reqId: number }).reqId = b.req.id;
       const st = this.opts.store.submit({ id, op: storeOp, offset: storeOp === 'flush' ? 0 : b.req.sectorNumber * SECTOR_SIZE, iov: storeOp === 'flush' ? [] : iov });
       if (st === STORAGE_PENDING) continue;
       this.inflight.delete(id);
@@ -240,7 +244,7 @@ export class BlkbackRing {
     if (f.handles.length > 0) this.unmap(f.handles);
     this.account(f, status);
     if (!this.dead && !this.closing) {
-      this.respond((f as InFlight & { reqId: number }).reqId, f.operation, status);
+      this.respond(f.reqId, f.operation, status);
       this.push();
     }
     if (this.inflight.size === 0 && this.drained) this.drained();
