@@ -245,3 +245,30 @@ export class StorageError extends PvioError {
     return new StorageError(path, name, `cannot ${action} ${path}: ${what}`, { cause: err });
   }
 }
+
+/**
+ * Which store serves a disk, and the experiment wrappers around it, as the machine
+ * config names them (disk spec keys `store=`, `base=`, `module=`, `latency-us=`,
+ * `error-rate=`, `error-seed=`, `trace=`; see `toolstack/config.ts`).
+ */
+export interface StoreSpec {
+  /**
+   * - `'raw'` (default): the disk's target file, byte for byte;
+   * - `'cow'`: copy-on-write; the target file is the overlay, written to, over the
+   *   read-only image `base`;
+   * - `'module'`: a user's store, the default export of the module `module`.
+   */
+  type: 'raw' | 'cow' | 'module';
+  /** `'cow'`: absolute path of the read-only base image. */
+  base?: string;
+  /** `'module'`: absolute path of the module whose default export opens the store. */
+  module?: string;
+  /** Latency wrapper: every request completes this many µs late (asynchronously). */
+  latencyUs?: number;
+  /** Error wrapper: fraction 0..1 of read/write requests answered `BLKIF_RSP_ERROR`. */
+  errorRate?: number;
+  /** Error wrapper: seed of its deterministic pseudo-random choice (default 1). */
+  errorSeed?: number;
+  /** Trace wrapper: absolute path of a JSON-lines file, one line per request. */
+  trace?: string;
+}

@@ -37,6 +37,8 @@
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { PvioError } from '../rings/errors.ts';
+import { MAX_INDIRECT_SEGMENTS_CEILING, MAX_QUEUES, MAX_RING_PAGE_ORDER, type BlkbackFeatures } from '../blkback/features.ts';
+import type { StoreSpec } from '../blkback/storage.ts';
 
 /** One virtual disk of a guest, from one entry of the config's `disk` list. */
 export interface DiskSpec {
@@ -51,6 +53,13 @@ export interface DiskSpec {
   virtualDevice: number;
   /** True for access `r`/`ro`; false for `w`/`rw` (the default). */
   readOnly: boolean;
+  /**
+   * blkif features switched from their defaults (`DEFAULT_BLKBACK_FEATURES`) by the
+   * spec's feature keys; absent when the spec sets none.
+   */
+  features?: Partial<BlkbackFeatures>;
+  /** The store and its wrappers, when the spec names any (`store=`...); absent means a raw file. */
+  store?: StoreSpec;
 }
 
 /** One guest domain, as described by one config file. */
@@ -337,6 +346,17 @@ function wantInt(s: Setting, what: string, min: number): number {
  * is `raw`. A relative PATH is resolved against `baseDir`; whether it exists is not
  * checked.
  *
+ * pvio's own keys (before `target=`), each optional:
+ * - blkif features (defaults in `blkback/features.ts`: all on): `discard` /
+ *   `no-discard` (xl's keywords) or `discard=0|1`, `persistent=0|1`, `barrier=0|1`,
+ *   `flush=0|1`, `max-indirect-segments=0..4096` (0 = off, default 256),
+ *   `max-ring-page-order=0..4` (default 4), `max-queues=1..16` (default 4),
+ *   `sector-size=512|4096`;
+ * - the store: `store=raw|cow|module` (default raw), `base=PATH` (cow: the read-only
+ *   base image; the target is the overlay), `module=PATH` (a user's store module),
+ *   and wrappers `latency-us=N` (µs), `error-rate=0..1` with `error-seed=N`,
+ *   `trace=PATH` (JSON lines).
+ *
  * @param spec one entry of the `disk` list
  * @param baseDir directory that relative paths are resolved against (normally the
  *   config file's directory)
@@ -370,9 +390,23 @@ function parseDiskSpecOrThrow(spec: string, baseDir: string): DiskSpec {
   }
 
   const keyed: { target?: string; format?: string; vdev?: string; access?: string } = {};
+  const features: Partial<BlkbackFeatures> = {};
+  const store: Partial<StoreSpec> = {};
+  const seenExtra = new Set<string>();
   const positional: string[] = [];
   for (const raw of parts) {
     const part = raw.trim();
+    if (part === 'discard' || part === 'no-discard') {
+      features.discard = part === 'discard';
+      continue;
+    }
+    const x = /^([a-z][a-z0-9-]*)\s*=\s*(.*)$/.exec(part);
+    if (x && EXTRA_KEYS.has(x[1]!)) {
+      if (seenExtra.has(x[1]!)) throw bad(`${x[1]} given twice`);
+      seenExtra.add(x[1]!);
+      applyExtraKey(x[1]!, x[2]!.trim(), features, store, baseDir, bad);
+      continue;
+    }
     const m = /^(target|format|vdev|access|devtype)\s*=\s*([\s\S]*)$/.exec(part);
     if (m) {
       const k = m[1] as 'target' | 'format' | 'vdev' | 'access' | 'devtype';
@@ -384,7 +418,7 @@ function parseDiskSpecOrThrow(spec: string, baseDir: string): DiskSpec {
       if (keyed[k] !== undefined) throw bad(`${k} given twice`);
       keyed[k] = v;
     } else if (/^[A-Za-z_-]+\s*=/.test(part)) {
-      throw bad(`unknown parameter ${q(part.slice(0, part.indexOf('=')).trim())} (known: target, format, vdev, access, devtype)`);
+      throw bad(`unknown parameter ${q(part.slice(0, part.indexOf('=')).trim())} (known: target, format, vdev, access, devtype, ${[...EXTRA_KEYS].join(', ')})`);
     } else {
       positional.push(part);
     }
@@ -428,12 +462,80 @@ function parseDiskSpecOrThrow(spec: string, baseDir: string): DiskSpec {
   else if (mode === 'w' || mode === 'rw') readOnly = false;
   else throw bad(`bad mode ${q(mode)}: expected r, ro, w or rw`);
 
-  return {
+  if (store.type === 'cow' && store.base === undefined) throw bad('store=cow needs base=PATH (the read-only base image)');
+  if (store.type === 'module' && store.module === undefined) throw bad('store=module needs module=PATH');
+  if (store.base !== undefined && store.type !== 'cow') throw bad('base= is only for store=cow');
+  if (store.module !== undefined && store.type !== 'module') throw bad('module= is only for store=module');
+  const out: DiskSpec = {
     path: resolve(baseDir, target),
     vdev,
     virtualDevice: (XVD_MAJOR << 8) | (index << 4),
     readOnly,
   };
+  if (Object.keys(features).length > 0) out.features = features;
+  if (Object.keys(store).length > 0) out.store = { type: 'raw', ...store };
+  return out;
+}
+
+/**
+ * pvio's disk spec keys beyond xl's (xl's `discard` / `no-discard` keywords are
+ * taken too). Feature keys switch what blkback advertises; store keys pick the
+ * storage backend and wrap it. They must come before `target=`.
+ */
+const EXTRA_KEYS = new Set([
+  'max-indirect-segments', 'persistent', 'max-ring-page-order', 'max-queues', 'barrier', 'flush',
+  'discard', 'sector-size',
+  'store', 'base', 'module', 'latency-us', 'error-rate', 'error-seed', 'trace',
+]);
+
+/** Applies one of {@link EXTRA_KEYS}; throws `bad(...)` for a value out of range. */
+function applyExtraKey(
+  key: string, v: string, features: Partial<BlkbackFeatures>, store: Partial<StoreSpec>, baseDir: string,
+  bad: (why: string) => LocatedProblem,
+): void {
+  const int = (min: number, max: number): number => {
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw bad(`${key} must be an integer ${min}..${max}, got ${q(v)}`);
+    return Number(v);
+  };
+  const bool = (): boolean => {
+    if (v === '1' || v === 'on' || v === 'yes') return true;
+    if (v === '0' || v === 'off' || v === 'no') return false;
+    throw bad(`${key} must be 0 or 1, got ${q(v)}`);
+  };
+  const path = (): string => {
+    if (v === '' || v.includes('\0')) throw bad(`${key} needs a path`);
+    return resolve(baseDir, v);
+  };
+  switch (key) {
+    case 'max-indirect-segments': features.maxIndirectSegments = int(0, MAX_INDIRECT_SEGMENTS_CEILING); break;
+    case 'persistent': features.persistent = bool(); break;
+    case 'max-ring-page-order': features.maxRingPageOrder = int(0, MAX_RING_PAGE_ORDER); break;
+    case 'max-queues': features.maxQueues = int(1, MAX_QUEUES); break;
+    case 'barrier': features.barrier = bool(); break;
+    case 'flush': features.flush = bool(); break;
+    case 'discard': features.discard = bool(); break;
+    case 'sector-size': {
+      if (v !== '512' && v !== '4096') throw bad(`sector-size must be 512 or 4096, got ${q(v)}`);
+      features.sectorSize = Number(v) as 512 | 4096;
+      break;
+    }
+    case 'store': {
+      if (v !== 'raw' && v !== 'cow' && v !== 'module') throw bad(`store must be raw, cow or module, got ${q(v)}`);
+      store.type = v;
+      break;
+    }
+    case 'base': store.base = path(); break;
+    case 'module': store.module = path(); break;
+    case 'latency-us': store.latencyUs = int(0, 10_000_000); break;
+    case 'error-rate': {
+      const r = Number(v);
+      if (!/^\d*\.?\d+$/.test(v) || !(r >= 0 && r <= 1)) throw bad(`error-rate must be a fraction 0..1, got ${q(v)}`);
+      store.errorRate = r;
+      break;
+    }
+    case 'error-seed': store.errorSeed = int(0, 2 ** 31 - 1); break;
+    case 'trace': store.trace = path(); break;
+  }
 }
 
 /**
