@@ -14,20 +14,32 @@
  * The backend tolerates a frontend that reached Initialised before it reached
  * InitWait: whenever it (re)reads the frontend state it acts on what it finds.
  *
- * Keys written (backend dir): `feature-flush-cache`, `sectors` (512-byte units),
- * `sector-size`, `info` (VDISK_READONLY for a read-only attachment), `state`.
- * Keys read (frontend dir): `ring-ref`, `event-channel`, `protocol` (absent means
- * `x86_32-abi` on x86, as Linux blkback assumes), `state`.
+ * Keys written (backend dir), at probe, before InitWait (the frontend reads the
+ * maxima before it builds its rings): `feature-max-indirect-segments`,
+ * `max-ring-page-order`, `multi-queue-max-queues` (each only when the feature is on),
+ * `feature-flush-cache`, `feature-barrier`, `feature-discard` with
+ * `discard-granularity` (bytes), `discard-alignment` (bytes), `discard-secure` (0)
+ * and pvio's `discard-zeroes` (1 when a discarded range reads back as zeroes: the
+ * meaning of Linux's old `discard_zeroes_data`), `feature-persistent`; at connect,
+ * in one transaction with `state`: `sectors` (512-byte units), `sector-size`,
+ * `physical-sector-size`, `info` (VDISK_READONLY for a read-only attachment). A
+ * resize re-writes `sectors` and `state` (Connected) in one transaction, as Linux's
+ * `xen_vbd_resize`.
+ * Keys read (frontend dir): `ring-ref` or `ring-page-order` + `ring-ref0..N`,
+ * `event-channel` — under `queue-N/` when `multi-queue-num-queues` ≥ 2 —,
+ * `protocol` (absent means `x86_32-abi` on x86, as Linux blkback assumes),
+ * `feature-persistent`, `state`.
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/xenbus.c
  */
 import { PvioError, type ProtocolError } from '../rings/errors.ts';
 import { blkifAbi, VDISK_READONLY, SECTOR_SIZE, XEN_IO_PROTO_ABI_X86_32, type BlkifProtocol } from '../rings/blkif.ts';
 import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
+import { blkbackFeatures, type BlkbackFeatures } from './features.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import { XenbusState, switchState, readState } from '../xenstore/xenbus.ts';
 import type { Unwatch } from '../xenstore/client.ts';
-import { BlkbackRing, BlkbackScheduler, type BlkbackCounters } from './blkback.ts';
+import { BlkbackRing, BlkbackScheduler, StoreMux, newBlkbackCounters, type BlkbackCounters } from './blkback.ts';
 import type { StorageBackend } from './storage.ts';
 
 /** The backend could not connect (bad keys, a grant that does not map...). */
@@ -45,32 +57,51 @@ export interface BlkbackDeviceOptions {
   readonly name: string;
   readonly store: StorageBackend;
   readonly readOnly: boolean;
+  /** Features switched from their defaults (`DEFAULT_BLKBACK_FEATURES`: all on). */
+  readonly features?: Partial<BlkbackFeatures>;
   /** Test hook: delay before writing InitWait (ms), to exercise the frontend's shortcut. */
   readonly initWaitDelayMs?: number;
+}
+
+/** One connected queue: its ring, port and ring mappings. */
+interface Queue {
+  ring: BlkbackRing;
+  port: EvtchnPort;
+  handles: GrantHandle[];
 }
 
 /** One virtual block device, backend side. */
 export class BlkbackDevice {
   readonly backendDir: string;
   readonly frontendDir: string;
-  private ring: BlkbackRing | null = null;
-  private ringHandle: GrantHandle | null = null;
-  private port: EvtchnPort | null = null;
+  /** What this device advertises. */
+  readonly features: BlkbackFeatures;
+  private queues: Queue[] = [];
+  private readonly mux: StoreMux;
   private unwatch: Unwatch | null = null;
   private state = XenbusState.Initialising;
   private busy: Promise<void> = Promise.resolve();
   private destroyed = false;
   /** Counters accumulated over every connection of this device. */
-  private readonly past: BlkbackCounters = {
-    requests: 0, reads: 0, writes: 0, flushes: 0, errors: 0, bytesRead: 0, bytesWritten: 0,
-    grantMaps: 0, mapHypercalls: 0, notifications: 0, passes: 0,
-  };
-  /** A protocol error that disabled the ring, if any. */
+  private readonly past: BlkbackCounters = newBlkbackCounters();
+  /** A protocol error that disabled a ring, if any. */
   protocolError: string | null = null;
+  /** What the current connection negotiated (for reports). */
+  negotiated: { queues: number; ringPages: number; persistent: boolean; protocol: string } | null = null;
 
   constructor(private readonly k: Kernel, private readonly sched: BlkbackScheduler, readonly opts: BlkbackDeviceOptions) {
     this.backendDir = `/local/domain/${k.domid}/backend/vbd/${opts.frontDomid}/${opts.devid}`;
     this.frontendDir = `/local/domain/${opts.frontDomid}/device/vbd/${opts.devid}`;
+    this.mux = new StoreMux(opts.store);
+    const f = blkbackFeatures(opts.features);
+    const st = opts.store;
+    // Offer only what the store can do too.
+    this.features = {
+      ...f,
+      flush: f.flush && st.canFlush,
+      barrier: f.barrier && st.canFlush,
+      discard: f.discard && st.canDiscard && !opts.readOnly,
+    };
   }
 
   /** Disk size in 512-byte sectors: floor(store size / 512). */
@@ -78,22 +109,43 @@ export class BlkbackDevice {
     return Math.floor(this.opts.store.sizeBytes / SECTOR_SIZE);
   }
 
-  /** Counters of the data path, over all connections. */
-  counters(): BlkbackCounters & { state: string; inFlight: number } {
+  /** Counters of the data path, over all connections and queues. */
+  counters(): BlkbackCounters & { state: string; inFlight: number; persistentGrants: number } {
     const c = { ...this.past };
-    if (this.ring) for (const [key, v] of Object.entries(this.ring.counters)) c[key as keyof BlkbackCounters] += v;
-    return { ...c, state: XenbusState[this.state], inFlight: this.ring?.inFlight() ?? 0 };
+    for (const q of this.queues) for (const [key, v] of Object.entries(q.ring.counters)) c[key as keyof BlkbackCounters] += v;
+    let inFlight = 0;
+    let persistentGrants = 0;
+    for (const q of this.queues) {
+      inFlight += q.ring.inFlight();
+      persistentGrants += q.ring.persistentGrants();
+    }
+    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants };
   }
 
   /**
    * Probe: advertises features, goes InitWait and follows the frontend's state.
    */
   async start(): Promise<void> {
-    const xb = this.k.xenbus;
-    await xb.write(`${this.backendDir}/feature-flush-cache`, this.opts.store.canFlush ? '1' : '0');
+    const f = this.features;
+    const dir = this.backendDir;
+    await this.k.xenbus.transaction(async (tx) => {
+      if (f.maxIndirectSegments > 0) await tx.write(`${dir}/feature-max-indirect-segments`, String(f.maxIndirectSegments));
+      if (f.maxRingPageOrder > 0) await tx.write(`${dir}/max-ring-page-order`, String(f.maxRingPageOrder));
+      if (f.maxQueues > 1) await tx.write(`${dir}/multi-queue-max-queues`, String(f.maxQueues));
+      await tx.write(`${dir}/feature-flush-cache`, f.flush ? '1' : '0');
+      await tx.write(`${dir}/feature-barrier`, f.barrier ? '1' : '0');
+      await tx.write(`${dir}/feature-discard`, f.discard ? '1' : '0');
+      if (f.discard) {
+        await tx.write(`${dir}/discard-granularity`, String(Math.max(this.opts.store.discardGranularity, f.sectorSize)));
+        await tx.write(`${dir}/discard-alignment`, '0');
+        await tx.write(`${dir}/discard-secure`, '0');
+        await tx.write(`${dir}/discard-zeroes`, this.opts.store.discardZeroes ? '1' : '0');
+      }
+      await tx.write(`${dir}/feature-persistent`, f.persistent ? '1' : '0');
+    });
     if (this.opts.initWaitDelayMs) await new Promise((r) => setTimeout(r, this.opts.initWaitDelayMs));
     await this.setState(XenbusState.InitWait);
-    this.unwatch = await xb.watch(`${this.frontendDir}/state`, () => this.serialize(() => this.frontendChanged()));
+    this.unwatch = await this.k.xenbus.watch(`${this.frontendDir}/state`, () => this.serialize(() => this.frontendChanged()));
   }
 
   /** Runs state changes one at a time, in order. */
@@ -135,68 +187,132 @@ export class BlkbackDevice {
     }
   }
 
-  /** Maps the ring, binds the port, publishes the disk's properties, Connected. */
+  /** Reads an unsigned integer key of the frontend; `dflt` when absent. @throws BlkbackError for garbage. */
+  private async frontUint(key: string, dflt: number): Promise<number> {
+    const v = await this.k.xenbus.readOptional(`${this.frontendDir}/${key}`);
+    if (v === undefined || v === null) return dflt;
+    if (!/^\d{1,15}$/.test(v)) throw new BlkbackError(`bad ${key} '${v.slice(0, 40)}' from dom${this.opts.frontDomid}`);
+    return Number(v);
+  }
+
+  /** Maps every queue's ring, binds its port, publishes the disk's properties, Connected. */
   private async connect(): Promise<void> {
     const xb = this.k.xenbus;
-    const ref = Number(await xb.read(`${this.frontendDir}/ring-ref`));
-    const evtchn = Number(await xb.read(`${this.frontendDir}/event-channel`));
+    const f = this.features;
     const protocol = ((await xb.readOptional(`${this.frontendDir}/protocol`)) ?? XEN_IO_PROTO_ABI_X86_32) as BlkifProtocol;
-    if (!Number.isInteger(ref) || ref < 0 || !Number.isInteger(evtchn) || evtchn <= 0) {
-      throw new BlkbackError(`bad ring-ref/event-channel from dom${this.opts.frontDomid}`);
-    }
     const abi = blkifAbi(protocol);
-    const [m] = this.k.gnttab.map([{ domid: this.opts.frontDomid, ref: ref as GrantRef, readonly: false }]);
-    if (m.status !== GNTST.okay) throw new BlkbackError(`ring-ref ${ref} of dom${this.opts.frontDomid} does not map (${m.status})`);
-    this.ringHandle = m.handle;
-    let port: EvtchnPort;
+    const order = await this.frontUint('ring-page-order', 0);
+    if (order > f.maxRingPageOrder) throw new BlkbackError(`ring-page-order ${order} over the advertised ${f.maxRingPageOrder}`);
+    const nq = await this.frontUint('multi-queue-num-queues', 1);
+    if (nq < 1 || nq > f.maxQueues) throw new BlkbackError(`multi-queue-num-queues ${nq} not in 1..${f.maxQueues}`);
+    const persistent = f.persistent && (await this.frontUint('feature-persistent', 0)) === 1;
+    // Read every queue's keys first: nothing is mapped if one is bad.
+    const want: Array<{ refs: GrantRef[]; evtchn: number }> = [];
+    for (let q = 0; q < nq; q++) {
+      const qkey = nq > 1 ? `queue-${q}/` : '';
+      const refs: GrantRef[] = [];
+      if (order === 0) refs.push((await this.frontUint(`${qkey}ring-ref`, -1)) as GrantRef);
+      else for (let i = 0; i < 1 << order; i++) refs.push((await this.frontUint(`${qkey}ring-ref${i}`, -1)) as GrantRef);
+      const evtchn = await this.frontUint(`${qkey}event-channel`, -1);
+      if (refs.some((r) => r < 0) || evtchn <= 0) throw new BlkbackError(`dom${this.opts.frontDomid} wrote no ${qkey}ring-ref/event-channel`);
+      want.push({ refs, evtchn });
+    }
     try {
-      port = this.k.evtchn.bindInterdomain(this.opts.frontDomid, evtchn);
+      for (const w of want) this.queues.push(this.connectQueue(w.refs, w.evtchn, abi, persistent));
     } catch (e) {
-      this.k.gnttab.unmap([m.handle]);
-      this.ringHandle = null;
+      await this.disconnect();
       throw e;
     }
-    this.port = port;
-    const ring = new BlkbackRing({
-      frontDomid: this.opts.frontDomid, ringMem: m.page!.subarray(0, PAGE_SIZE), port, abi, store: this.opts.store,
-      sectors: this.sectors, readOnly: this.opts.readOnly,
-      onProtocolError: (e: ProtocolError) => {
-        this.protocolError = e.message;
-        this.k.console.log(`blkback ${this.opts.name}: frontend dom${this.opts.frontDomid} broke the protocol, ring disabled: ${e.message}`);
-      },
-    }, this.k.evtchn, this.k.gnttab);
-    this.ring = ring;
-    this.k.evtchn.on(port, () => this.sched.kick(ring));
+    this.negotiated = { queues: nq, ringPages: 1 << order, persistent, protocol };
     await xb.transaction(async (tx) => {
       await tx.write(`${this.backendDir}/sectors`, String(this.sectors));
-      await tx.write(`${this.backendDir}/sector-size`, String(SECTOR_SIZE));
+      await tx.write(`${this.backendDir}/sector-size`, String(f.sectorSize));
+      await tx.write(`${this.backendDir}/physical-sector-size`, String(f.sectorSize));
       await tx.write(`${this.backendDir}/info`, String(this.opts.readOnly ? VDISK_READONLY : 0));
       await tx.write(`${this.backendDir}/state`, String(XenbusState.Connected));
     });
     this.state = XenbusState.Connected;
-    this.sched.kick(ring);
+    for (const q of this.queues) this.sched.kick(q.ring);
   }
 
-  /** Stops the ring, waits for the store, closes the port and unmaps the ring. */
-  private async disconnect(): Promise<void> {
-    const ring = this.ring;
-    if (!ring) return;
-    this.ring = null;
-    await ring.close();
-    for (const [key, v] of Object.entries(ring.counters)) this.past[key as keyof BlkbackCounters] += v;
-    if (this.port !== null) {
-      this.k.evtchn.off(this.port);
+  /** Maps one queue's ring pages (one extent of the frontend's) and binds its port. */
+  private connectQueue(refs: GrantRef[], evtchn: number, abi: ReturnType<typeof blkifAbi>, persistent: boolean): Queue {
+    const domid = this.opts.frontDomid;
+    let handles: GrantHandle[];
+    let mem: Uint8Array;
+    if (refs.length === 1) {
+      const [m] = this.k.gnttab.map([{ domid, ref: refs[0], readonly: false }]);
+      if (m.status !== GNTST.okay) throw new BlkbackError(`ring-ref ${refs[0]} of dom${domid} does not map (${m.status})`);
+      handles = [m.handle];
+      mem = m.page!.subarray(0, PAGE_SIZE);
+    } else {
       try {
-        this.k.evtchn.close(this.port);
+        ({ handles, bytes: mem } = this.k.gnttab.mapRing(domid, refs));
+      } catch (e) {
+        throw new BlkbackError(`ring of dom${domid} does not map: ${(e as Error).message}`);
+      }
+    }
+    let port: EvtchnPort;
+    try {
+      port = this.k.evtchn.bindInterdomain(domid, evtchn);
+    } catch (e) {
+      this.k.gnttab.unmap(handles);
+      throw e;
+    }
+    const ring: BlkbackRing = new BlkbackRing({
+      frontDomid: domid, ringMem: mem, port, abi, mux: this.mux, sectors: this.sectors,
+      readOnly: this.opts.readOnly, features: this.features, persistent,
+      onProtocolError: (e: ProtocolError) => {
+        this.protocolError = e.message;
+        this.k.console.log(`blkback ${this.opts.name}: frontend dom${domid} broke the protocol, ring disabled: ${e.message}`);
+      },
+      kick: () => this.sched.kick(ring),
+    }, this.k.evtchn, this.k.gnttab);
+    this.k.evtchn.on(port, () => this.sched.kick(ring));
+    return { ring, port, handles };
+  }
+
+  /** Stops the rings, waits for the store, closes the ports and unmaps the rings. */
+  private async disconnect(): Promise<void> {
+    const queues = this.queues;
+    this.queues = [];
+    for (const q of queues) {
+      await q.ring.close();
+      for (const [key, v] of Object.entries(q.ring.counters)) this.past[key as keyof BlkbackCounters] += v;
+      this.k.evtchn.off(q.port);
+      try {
+        this.k.evtchn.close(q.port);
       } catch {
         /* already closed */
       }
-      this.port = null;
+      this.k.gnttab.unmap(q.handles);
     }
-    if (this.ringHandle !== null) {
-      this.k.gnttab.unmap([this.ringHandle]);
-      this.ringHandle = null;
-    }
+  }
+
+  /**
+   * Resizes the disk to `sizeBytes` (the store grows or shrinks) and announces it:
+   * `sectors` and `state` (Connected again) in one transaction, which the frontend's
+   * watch picks up.
+   * @throws StorageError when the store cannot resize.
+   */
+  resize(sizeBytes: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.serialize(async () => {
+        try {
+          await this.opts.store.resize(sizeBytes);
+          for (const q of this.queues) q.ring.setSectors(this.sectors);
+          if (this.state === XenbusState.Connected) {
+            await this.k.xenbus.transaction(async (tx) => {
+              await tx.write(`${this.backendDir}/sectors`, String(this.sectors));
+              await tx.write(`${this.backendDir}/state`, String(XenbusState.Connected));
+            });
+          }
+          resolve();
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
   }
 
   /**

@@ -9,22 +9,33 @@
  *   Connected ──close()──▶ Closing ──(backend ≥ Closing)──▶ Closed
  *
  * The frontend does not wait for the backend's InitWait before writing its keys
- * (a shortcut the backend tolerates); it alone initialises the shared ring.
+ * (a shortcut the backend tolerates): it reads the backend's maxima
+ * (`max-ring-page-order`, `multi-queue-max-queues`, written before InitWait) when it
+ * starts, and a backend that has not written them yet gets one 1-page ring, as
+ * Linux does when the keys are absent. It alone initialises the shared rings.
  *
- * Keys written (frontend dir): `ring-ref`, `event-channel`, `protocol`
- * (`x86_64-abi`), `state`. Keys read (backend dir): `sectors` (512-byte units),
- * `sector-size`, `info` (VDISK_* bits), `feature-flush-cache`, `state`.
+ * Keys written (frontend dir): `ring-ref` (order 0) or `ring-page-order` and
+ * `ring-ref0..N`; `event-channel`; with several queues `multi-queue-num-queues` and
+ * those keys under `queue-N/` instead; `protocol` (`x86_64-abi`),
+ * `feature-persistent`, `state`. Keys read (backend dir): `max-ring-page-order`,
+ * `multi-queue-max-queues`, then at Connected `sectors` (512-byte units),
+ * `sector-size`, `info` (VDISK_* bits), `feature-flush-cache`, `feature-barrier`,
+ * `feature-discard` (+ `discard-granularity`, `discard-alignment`, and pvio's
+ * `discard-zeroes`), `feature-persistent`, `feature-max-indirect-segments`, `state`.
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkfront.c (talk_to_blkback, blkfront_connect)
  */
 import { PvioError, TimeoutError } from '../rings/errors.ts';
 import { FrontRing } from '../rings/ring.ts';
-import { blkifAbi, VDISK_READONLY, XEN_IO_PROTO_ABI_X86_64, SECTOR_SIZE } from '../rings/blkif.ts';
-import type { EvtchnPort, GrantRef } from '../hypervisor/abi.ts';
+import { blkifAbi, BLKIF_MAX_SEGMENTS_PER_REQUEST, VDISK_READONLY, XEN_IO_PROTO_ABI_X86_64, SECTOR_SIZE } from '../rings/blkif.ts';
+import { PAGE_SIZE, type EvtchnPort, type GrantRef } from '../hypervisor/abi.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import type { GuestExtent } from '../hypervisor/guest-memory.ts';
 import { XenbusState, switchState, waitForState, readState } from '../xenstore/xenbus.ts';
-import { BlkfrontRing, BlkError, type BlkfrontCounters } from './blkfront.ts';
+import {
+  BlkfrontIo, BlkfrontRing, BlkError, BLKFRONT_MAX_INDIRECT_SEGMENTS,
+  type BlkfrontCounters, type BlkfrontDiskInfo, type BlkfrontFeatures,
+} from './blkfront.ts';
 
 /** How long each handshake step may wait for the backend (ms). */
 export const HANDSHAKE_TIMEOUT_MS = 20_000;
@@ -44,15 +55,45 @@ export class BlkfrontHandshakeError extends PvioError {
   }
 }
 
+/** blkfront's own limits; the backend's keys can only lower them. */
+export interface BlkfrontOptions {
+  /** Most queues to use (default: the domain's vCPU count, at most 4, as Linux). */
+  readonly maxQueues?: number;
+  /** Largest ring order to use, 0..4 (default 4). */
+  readonly maxRingPageOrder?: number;
+  /** Most segments per indirect request (default 256; ≤ 11 turns indirect requests off). */
+  readonly maxIndirectSegments?: number;
+  /** Offer `feature-persistent` (default true). */
+  readonly persistent?: boolean;
+  /** How long each handshake step may wait for the backend (ms). */
+  readonly timeoutMs?: number;
+}
+
+/** One queue's shared ring, as granted. */
+interface QueueRing {
+  extent: GuestExtent;
+  refs: GrantRef[];
+  port: EvtchnPort;
+  ring: FrontRing;
+}
+
 /** A connected virtual disk, as the guest uses it. */
 export class Blkfront {
   /** Disk size in 512-byte sectors. */
   get sectors(): number {
-    return this.ring.opts.sectors;
+    return this.io.info.sectors;
   }
-  /** Logical sector size in bytes (the `sector-size` key). */
-  readonly sectorSize: number;
-  readonly readOnly: boolean;
+  /** Logical sector size in bytes (the `sector-size` key): offsets and lengths must align to it. */
+  get sectorSize(): number {
+    return this.io.info.sectorSize;
+  }
+  get readOnly(): boolean {
+    return this.io.info.readOnly;
+  }
+  /** What was negotiated with the backend. */
+  get features(): BlkfrontFeatures {
+    return this.io.info.features;
+  }
   /** The backend's state when this frontend went Initialised (the handshake's order, for tests). */
   backendStateAtInitialised: XenbusState = XenbusState.Unknown;
   private closed = false;
@@ -64,39 +105,47 @@ export class Blkfront {
     readonly virtualDevice: number,
     private readonly dir: string,
     private readonly backendDir: string,
-    private readonly ring: BlkfrontRing,
-    private readonly ringExtent: GuestExtent,
-    private readonly ringRef: GrantRef,
-    private readonly port: EvtchnPort,
-    sectorSize: number,
-  ) {
-    this.sectorSize = sectorSize;
-    this.readOnly = ring.opts.readOnly;
-  }
+    private readonly io: BlkfrontIo,
+    private readonly queues: readonly QueueRing[],
+  ) {}
 
   /** Reads `count` 512-byte sectors at `sector`. @throws BlkError */
-  read(sector: number, count: number): Promise<Uint8Array> {
-    return this.ring.read(sector, count);
+  async read(sector: number, count: number): Promise<Uint8Array> {
+    const out = new Uint8Array(count * SECTOR_SIZE);
+    await this.io.readInto(sector, out);
+    return out;
   }
-  /** Reads into `into` (length a multiple of 512) at `sector`. @throws BlkError */
+  /** Reads into `into` (length a multiple of 512) at `sector` (512-byte units). @throws BlkError, RangeError */
   readInto(sector: number, into: Uint8Array): Promise<void> {
-    return this.ring.readInto(sector, into);
+    return this.io.readInto(sector, into);
   }
-  /** Writes `data` (length a multiple of 512) at `sector`. @throws BlkError */
+  /** Writes `data` (length a multiple of 512) at `sector` (512-byte units). @throws BlkError */
   write(sector: number, data: Uint8Array): Promise<void> {
-    return this.ring.write(sector, data);
+    return this.io.write(sector, data);
   }
-  /** FLUSH_DISKCACHE. @throws BlkError */
+  /** FLUSH_DISKCACHE (or a dataless WRITE_BARRIER; nothing without either). @throws BlkError */
   flush(): Promise<void> {
-    return this.ring.flush();
+    return this.io.flush();
   }
-  /** Counters of the data path. */
+  /** A dataless WRITE_BARRIER. @throws BlkError (-2 without `feature-barrier`) */
+  barrier(): Promise<void> {
+    return this.io.barrier();
+  }
+  /** DISCARD of `count` 512-byte sectors at `sector`. @throws BlkError (-2 without `feature-discard`) */
+  discard(sector: number, count: number): Promise<void> {
+    return this.io.discard(sector, count);
+  }
+  /** Counters of the data path, summed over the queues. */
   get counters(): BlkfrontCounters {
-    return this.ring.counters;
+    return this.io.counters();
+  }
+  /** Counters of each queue. */
+  queueCounters(): BlkfrontCounters[] {
+    return this.io.rings.map((r) => ({ ...r.counters }));
   }
   /** Requests in flight right now. */
   get inFlight(): number {
-    return this.ring.requestsInFlight;
+    return this.io.inFlight;
   }
   /** Size in bytes. */
   get sizeBytes(): number {
@@ -105,55 +154,85 @@ export class Blkfront {
 
   /**
    * Orderly teardown: waits for I/O in flight, Closing, waits for the backend to
-   * close, closes the port, ends the ring grant, Closed.
+   * close, closes the ports, ends the ring and pool grants, Closed.
    * @throws BlkfrontHandshakeError when the backend does not follow in time.
    */
   async close(timeoutMs = HANDSHAKE_TIMEOUT_MS): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const deadline = Date.now() + timeoutMs;
-    while (this.ring.busy() && !this.ring.error && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    while (this.io.busy() && !this.io.error && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
     const xb = this.k.xenbus;
     await switchState(xb, this.dir, XenbusState.Closing);
     await waitForState(xb, this.backendDir, (s) => s >= XenbusState.Closing || s === XenbusState.Unknown, { timeoutMs: Math.max(1, deadline - Date.now()) });
-    this.ring.disable(new BlkError(-1, 'device closed'));
-    try {
-      this.k.evtchn.close(this.port);
-    } catch {
-      /* the backend's domain may be gone already */
+    this.io.disable(new BlkError(-1, 'device closed'));
+    for (const q of this.queues) {
+      try {
+        this.k.evtchn.close(q.port);
+      } catch {
+        /* the backend's domain may be gone already */
+      }
     }
     await switchState(xb, this.dir, XenbusState.Closed);
     await waitForState(xb, this.backendDir, (s) => s === XenbusState.Closed || s === XenbusState.Unknown, { timeoutMs: Math.max(1, deadline - Date.now()) })
       .catch(() => undefined);
-    // The backend unmapped the ring and the data pages when it went Closed.
-    if (this.k.gnttab.endAccess(this.ringRef)) this.k.memory.release(this.ringExtent.mfn, this.ringExtent.order);
-    this.ring.releaseAll();
+    // The backend unmapped the rings and the data pages when it went Closed.
+    for (const q of this.queues) {
+      if (q.refs.every((r) => this.k.gnttab.endAccess(r))) this.k.memory.release(q.extent.mfn, q.extent.order);
+    }
+    for (const r of this.io.rings) r.releaseAll();
   }
 }
 
+/** Reads a non-negative integer key; `dflt` when absent; throws for garbage. */
+async function readUint(k: Kernel, path: string, dflt: number): Promise<number> {
+  const v = await k.xenbus.readOptional(path);
+  if (v === undefined || v === null) return dflt;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new BlkfrontHandshakeError(`bad backend key ${path} = '${v}'`);
+  return n;
+}
+
 /**
- * Connects the frontend of device `devid` (a directory under `device/vbd/`):
- * allocates and initialises the ring, grants it, allocates the event channel,
- * writes the transport keys and Initialised in one transaction, waits for the
- * backend's Connected, reads the disk's properties and goes Connected.
- * @throws BlkfrontHandshakeError (backend missing, refusing, or too slow).
+ * Connects the frontend of device `devid` (a directory under `device/vbd/`): reads
+ * the backend's maxima, allocates, initialises and grants the rings (2^order pages
+ * each, one per queue), allocates their event channels, writes the transport keys
+ * and Initialised in one transaction, waits for the backend's Connected, reads the
+ * disk's properties and features and goes Connected.
+ * @throws BlkfrontHandshakeError (backend missing, refusing, bad keys, or too slow).
  */
-export async function connectBlkfront(k: Kernel, devid: string, timeoutMs = HANDSHAKE_TIMEOUT_MS): Promise<Blkfront> {
+export async function connectBlkfront(k: Kernel, devid: string, opts: BlkfrontOptions = {}): Promise<Blkfront> {
+  const timeoutMs = opts.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   const xb = k.xenbus;
   const dir = `/local/domain/${k.domid}/device/vbd/${devid}`;
   const backendDir = await xb.read(`${dir}/backend`);
   const backendId = Number(await xb.read(`${dir}/backend-id`));
   const virtualDevice = Number((await xb.readOptional(`${dir}/virtual-device`)) ?? devid);
   const abi = blkifAbi(XEN_IO_PROTO_ABI_X86_64);
-  const extent = k.memory.allocExtent(0);
-  const ring = FrontRing.init(extent.bytes, abi.entrySize); // only the frontend initialises
-  const ringRef = k.gnttab.grantAccess(backendId, extent.mfn, false);
-  const port = k.evtchn.allocUnbound(backendId);
   const backendAtInit = await readState(xb, backendDir);
+  const order = Math.min(opts.maxRingPageOrder ?? 4, await readUint(k, `${backendDir}/max-ring-page-order`, 0), 4);
+  const nq = Math.max(1, Math.min(opts.maxQueues ?? Math.min(4, k.nrVcpus), await readUint(k, `${backendDir}/multi-queue-max-queues`, 1)));
+  const persistentOffered = opts.persistent ?? true;
+  const queues: QueueRing[] = [];
+  for (let q = 0; q < nq; q++) {
+    const extent = k.memory.allocExtent(order);
+    const ring = FrontRing.init(extent.bytes.subarray(0, PAGE_SIZE << order), abi.entrySize); // only the frontend initialises
+    const refs: GrantRef[] = [];
+    for (let i = 0; i < 1 << order; i++) refs.push(k.gnttab.grantAccess(backendId, extent.mfn + i, false));
+    queues.push({ extent, refs, ring, port: k.evtchn.allocUnbound(backendId) });
+  }
   await xb.transaction(async (tx) => {
-    await tx.write(`${dir}/ring-ref`, String(ringRef));
-    await tx.write(`${dir}/event-channel`, String(port));
+    if (order > 0) await tx.write(`${dir}/ring-page-order`, String(order));
+    if (nq > 1) await tx.write(`${dir}/multi-queue-num-queues`, String(nq));
+    for (let q = 0; q < nq; q++) {
+      const qdir = nq > 1 ? `${dir}/queue-${q}` : dir;
+      const { refs, port } = queues[q];
+      if (order === 0) await tx.write(`${qdir}/ring-ref`, String(refs[0]));
+      else for (let i = 0; i < refs.length; i++) await tx.write(`${qdir}/ring-ref${i}`, String(refs[i]));
+      await tx.write(`${qdir}/event-channel`, String(port));
+    }
     await tx.write(`${dir}/protocol`, XEN_IO_PROTO_ABI_X86_64);
+    await tx.write(`${dir}/feature-persistent`, persistentOffered ? '1' : '0');
     await tx.write(`${dir}/state`, String(XenbusState.Initialised));
   });
   let st: XenbusState;
@@ -163,18 +242,34 @@ export async function connectBlkfront(k: Kernel, devid: string, timeoutMs = HAND
     throw new BlkfrontHandshakeError(`${vdevName(virtualDevice)}: backend did not connect (${e instanceof TimeoutError ? 'timeout' : (e as Error).message})`, { cause: e });
   }
   if (st !== XenbusState.Connected) throw new BlkfrontHandshakeError(`${vdevName(virtualDevice)}: backend went ${XenbusState[st]}`);
-  const sectors = Number(await xb.read(`${backendDir}/sectors`));
-  const info = Number((await xb.readOptional(`${backendDir}/info`)) ?? '0');
-  const sectorSize = Number((await xb.readOptional(`${backendDir}/sector-size`)) ?? '512');
-  const flush = (await xb.readOptional(`${backendDir}/feature-flush-cache`)) === '1';
-  if (!Number.isSafeInteger(sectors) || sectors < 0) throw new BlkfrontHandshakeError(`bad sectors key '${sectors}'`);
-  const data = new BlkfrontRing(
-    { backendDomid: backendId, handle: virtualDevice & 0xffff, ring, port, abi, sectors, readOnly: (info & VDISK_READONLY) !== 0, flush },
-    k.evtchn, k.gnttab, k.memory,
-  );
-  k.evtchn.on(port, () => data.onEvent());
+  const sectors = await readUint(k, `${backendDir}/sectors`, -1);
+  if (sectors < 0) throw new BlkfrontHandshakeError(`${vdevName(virtualDevice)}: backend wrote no sectors key`);
+  const info = await readUint(k, `${backendDir}/info`, 0);
+  const sectorSize = await readUint(k, `${backendDir}/sector-size`, SECTOR_SIZE);
+  if (sectorSize !== 512 && sectorSize !== 4096) throw new BlkfrontHandshakeError(`unsupported sector-size ${sectorSize}`);
+  const flag = async (key: string): Promise<boolean> => (await readUint(k, `${backendDir}/${key}`, 0)) === 1;
+  const indirect = Math.min(opts.maxIndirectSegments ?? BLKFRONT_MAX_INDIRECT_SEGMENTS, await readUint(k, `${backendDir}/feature-max-indirect-segments`, 0));
+  const features: BlkfrontFeatures = {
+    flush: await flag('feature-flush-cache'),
+    barrier: await flag('feature-barrier'),
+    discard: await flag('feature-discard'),
+    discardZeroes: await flag('discard-zeroes'),
+    discardGranularity: await readUint(k, `${backendDir}/discard-granularity`, sectorSize),
+    discardAlignment: await readUint(k, `${backendDir}/discard-alignment`, 0),
+    persistent: persistentOffered && await flag('feature-persistent'),
+    maxSegments: indirect > BLKIF_MAX_SEGMENTS_PER_REQUEST ? indirect : BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    ringPages: 1 << order,
+    queues: nq,
+  };
+  const diskInfo: BlkfrontDiskInfo = {
+    backendDomid: backendId, handle: virtualDevice & 0xffff, abi, sectors, sectorSize,
+    readOnly: (info & VDISK_READONLY) !== 0, features,
+  };
+  const rings = queues.map((q) => new BlkfrontRing({ info: diskInfo, ring: q.ring, port: q.port }, k.evtchn, k.gnttab, k.memory));
+  rings.forEach((r, i) => k.evtchn.on(queues[i].port, () => r.onEvent()));
+  const io = new BlkfrontIo(diskInfo, rings);
   await switchState(xb, dir, XenbusState.Connected);
-  const dev = new Blkfront(k, vdevName(virtualDevice), virtualDevice, dir, backendDir, data, extent, ringRef, port, sectorSize);
+  const dev = new Blkfront(k, vdevName(virtualDevice), virtualDevice, dir, backendDir, io, queues);
   dev.backendStateAtInitialised = backendAtInit;
   // The backend re-writing Connected announces a resize; Closing means it is going away.
   const unwatch = await xb.watch(`${backendDir}/state`, () => {
@@ -182,9 +277,9 @@ export async function connectBlkfront(k: Kernel, devid: string, timeoutMs = HAND
       const s = await readState(xb, backendDir).catch(() => XenbusState.Unknown);
       if (s === XenbusState.Connected) {
         const n = Number(await xb.readOptional(`${backendDir}/sectors`));
-        if (Number.isSafeInteger(n) && n >= 0) data.setSectors(n);
+        if (Number.isSafeInteger(n) && n >= 0) io.setSectors(n);
       } else if (s >= XenbusState.Closing || s === XenbusState.Unknown) {
-        data.disable(new BlkError(-1, `${dev.name}: backend closed`));
+        io.disable(new BlkError(-1, `${dev.name}: backend closed`));
       }
     })();
   });
@@ -200,10 +295,10 @@ export async function connectBlkfront(k: Kernel, devid: string, timeoutMs = HAND
  * `device/vbd/`), as Linux's xenbus probe does at boot.
  * @returns the disks by name (`xvda`, ...).
  */
-export async function probeBlkfronts(k: Kernel): Promise<Map<string, Blkfront>> {
+export async function probeBlkfronts(k: Kernel, opts: BlkfrontOptions = {}): Promise<Map<string, Blkfront>> {
   const out = new Map<string, Blkfront>();
   const ids = await k.xenbus.directory(`/local/domain/${k.domid}/device/vbd`).catch(() => [] as string[]);
-  const devs = await Promise.all(ids.map((id) => connectBlkfront(k, id)));
+  const devs = await Promise.all(ids.map((id) => connectBlkfront(k, id, opts)));
   for (const d of devs) out.set(d.name, d);
   return out;
 }

@@ -37,8 +37,8 @@ import type { BootInfo } from './boot.ts';
 export const MAX_OPS_PER_SLICE = 64;
 /** Bounded retries of the grant-entry compare-exchange, as Xen's `_set_status_v1`. */
 export const GNT_CAS_RETRIES = 4;
-/** Grant-table frames per domain (one extent): 4 frames = 2048 v1 entries. */
-export const GRANT_TABLE_ORDER = 2;
+/** log2 of the grant-table frames per domain (one extent): 64 frames = 32768 v1 entries, Xen's default `gnttab_max_frames`. */
+export const GRANT_TABLE_ORDER = 6;
 
 const HC = HYPERCALL_PAGE.fields;
 const I_STATE = HC.state.offset >> 2;

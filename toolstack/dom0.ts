@@ -16,11 +16,16 @@ import { consoleDom0Ends } from '../rings/console-ring.ts';
 import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
 import { RawFileStore } from '../blkback/raw-file-store.ts';
+import type { BlkbackFeatures } from '../blkback/features.ts';
 
 /** A command from the toolstack to dom0. */
 export type Dom0Request =
   | { type: 'introduce'; reqId: number; domid: number; name: string; storePort: number; consolePort: number }
-  | { type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean; initWaitDelayMs?: number; asyncStore?: boolean }
+  | {
+    type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean;
+    features?: Partial<BlkbackFeatures>; initWaitDelayMs?: number; asyncStore?: boolean;
+  }
+  | { type: 'resizeDisk'; reqId: number; domid: number; vdev: string; sizeBytes: number }
   | { type: 'release'; reqId: number; domid: number }
   | { type: 'stats'; reqId: number }
   | { type: 'console'; reqId: number; forward: boolean }
@@ -146,12 +151,16 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     });
     const dev = new BlkbackDevice(k, sched, {
       frontDomid: r.domid, devid: r.virtualDevice, name: `${g.name}/${r.vdev}`, store, readOnly: r.readOnly,
-      initWaitDelayMs: r.initWaitDelayMs,
+      features: r.features, initWaitDelayMs: r.initWaitDelayMs,
     });
     g.disks.push(dev);
     const started = dev.start();
     if (!r.initWaitDelayMs) await started;
     else void started;
+  }
+
+  function diskStats(d: BlkbackDevice): unknown {
+    return { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError, features: d.features, negotiated: d.negotiated };
   }
 
   const tearing = new Map<number, Promise<void>>();
@@ -161,7 +170,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     p = (async () => {
       for (const d of g.disks) {
         await d.destroy();
-        retired[d.opts.name] = { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError };
+        retired[d.opts.name] = diskStats(d);
       }
       try {
         g.console.drain();
@@ -188,7 +197,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
 
   function stats(): unknown {
     const disks: Record<string, unknown> = { ...retired };
-    for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError };
+    for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = diskStats(d);
     return {
       disks, console: { ...consoleCounters }, releaseDomainEvents, xenstored: { ...xenstored.counters },
       guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
@@ -205,6 +214,12 @@ export default async function dom0(k: Kernel): Promise<unknown> {
         switch (req.type) {
           case 'introduce': introduce(req.domid, req.name, req.storePort, req.consolePort); break;
           case 'addDisk': await addDisk(req); break;
+          case 'resizeDisk': {
+            const d = guests.get(req.domid)?.disks.find((x) => x.opts.name.endsWith(`/${req.vdev}`));
+            if (!d) throw new Error(`dom${req.domid} has no disk ${req.vdev}`);
+            await d.resize(req.sizeBytes);
+            break;
+          }
           case 'release': {
             const g = guests.get(req.domid);
             if (xenstored.isIntroduced(req.domid)) xenstored.release(req.domid); // fires @releaseDomain

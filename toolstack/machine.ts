@@ -276,7 +276,10 @@ export class Machine {
     try {
       await this.dom0Request({ type: 'introduce', domid, name: spec.name, storePort: created.store.port, consolePort: created.console.port });
       for (const d of spec.disks ?? []) {
-        await this.dom0Request({ type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly, initWaitDelayMs: spec.initWaitDelayMs, asyncStore: spec.asyncStore });
+        await this.dom0Request({
+          type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly,
+          features: d.features, initWaitDelayMs: spec.initWaitDelayMs, asyncStore: spec.asyncStore,
+        });
       }
     } catch (e) {
       await this.hvRequest({ type: 'destroy', reqId: 0, domid });
@@ -302,6 +305,15 @@ export class Machine {
   }
 
   /** Hypervisor counters. */
+  /**
+   * Resizes a guest's disk (`xl block-resize`-like): the store grows or shrinks to
+   * `sizeBytes` and blkback announces the new `sectors`; the frontend picks it up
+   * through its watch. @throws Error from dom0 (no such disk, store cannot resize).
+   */
+  async resizeDisk(domid: number, vdev: string, sizeBytes: number): Promise<void> {
+    await this.dom0Request({ type: 'resizeDisk', domid, vdev, sizeBytes });
+  }
+
   async hypervisorStats(): Promise<Record<string, unknown>> {
     return (await this.hvRequest({ type: 'snapshot', reqId: 0 })) as Record<string, unknown>;
   }

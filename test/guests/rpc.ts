@@ -131,8 +131,8 @@ export default function main(k: Kernel): Promise<unknown> {
     },
     forceWrite: async (a) => {
       // A frontend that ignores the backend's VDISK_READONLY: it sends the WRITE anyway.
-      const d = disk(a.name) as unknown as { ring: { opts: { readOnly: boolean } } };
-      d.ring.opts.readOnly = false;
+      const d = disk(a.name) as unknown as { io: { info: { readOnly: boolean } } };
+      d.io.info.readOnly = false;
       try {
         await disk(a.name).write(0, new Uint8Array(4096));
         return 'no error';
@@ -159,7 +159,31 @@ export default function main(k: Kernel): Promise<unknown> {
     },
     diskInfo: (a) => {
       const d = disk(a.name);
-      return { sectors: d.sectors, readOnly: d.readOnly, backendStateAtInitialised: d.backendStateAtInitialised, counters: { ...d.counters } };
+      return {
+        sectors: d.sectors, sectorSize: d.sectorSize, readOnly: d.readOnly, backendStateAtInitialised: d.backendStateAtInitialised,
+        counters: { ...d.counters }, features: { ...d.features }, queues: d.queueCounters(),
+      };
+    },
+    // Runs `ops` concurrently; each answers { sha } (read: of the bytes read; write:
+    // of the bytes written, `byte`-filled) or { error, status }.
+    diskIo: async (a) => {
+      const d = disk(a.name);
+      return Promise.all((a.ops as Array<{ op: string; sector: number; count: number; byte?: number }>).map(async (o) => {
+        try {
+          let bytes: Uint8Array = new Uint8Array(0);
+          switch (o.op) {
+            case 'read': bytes = await d.read(o.sector, o.count); break;
+            case 'write': bytes = new Uint8Array(o.count * 512).fill(o.byte ?? 0); await d.write(o.sector, bytes); break;
+            case 'flush': await d.flush(); break;
+            case 'barrier': await d.barrier(); break;
+            case 'discard': await d.discard(o.sector, o.count); break;
+            default: throw new Error(`unknown op ${o.op}`);
+          }
+          return { sha: createHash('sha256').update(bytes).digest('hex') };
+        } catch (e) {
+          return { error: (e as Error).message, status: (e as { status?: number }).status };
+        }
+      }));
     },
     readDisk: async (a) => {
       const d = disk(a.name);

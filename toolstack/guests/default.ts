@@ -19,7 +19,7 @@ export interface DefaultGuestResult {
   hypercalls: Record<string, number>;
 }
 
-/** Bytes per read chunk; two chunks are in flight at once (~190 requests of 44 KiB). */
+/** Sectors per read chunk (4 MiB); two chunks are in flight at once. */
 const CHUNK_SECTORS = 8192; // 4 MiB
 
 function mb(bytes: number, s: number): number {
@@ -55,7 +55,7 @@ async function hashDisk(k: Kernel, d: Blkfront): Promise<DefaultGuestResult['xvd
   const reqs = d.counters.requests - req0;
   k.console.log(`xvda sha256 ${sha256}`);
   k.console.log(`xvda read: ${(bytes / 1048576).toFixed(1)} MiB in ${seconds.toFixed(2)} s = ${mb(bytes, seconds).toFixed(1)} MB/s, ` +
-    `${Math.round(reqs / seconds)} IOPS (${reqs} requests of up to 44 KiB), up to ${d.counters.maxInFlight} in flight`);
+    `${Math.round(reqs / seconds)} IOPS (${reqs} requests of up to ${d.features.maxSegments * 4} KiB), up to ${d.counters.maxInFlight} in flight`);
   return { sectors: d.sectors, sha256, seconds, mbps: mb(bytes, seconds), iops: reqs / seconds, maxInFlight: d.counters.maxInFlight };
 }
 
@@ -88,7 +88,11 @@ export default async function main(k: Kernel): Promise<DefaultGuestResult> {
   const xvdb = k.devices.get('xvdb') as Blkfront | undefined;
   const out: DefaultGuestResult = { frontend: { requests: 0, notifications: 0, notificationsPerRequest: 0, responsesPerEvent: 0 }, hypercalls: {} };
   for (const d of [xvda, xvdb]) {
-    if (d) k.console.log(`${d.name}: ${d.sectors} sectors (${(d.sizeBytes / 1048576).toFixed(1)} MiB), ${d.readOnly ? 'read-only' : 'writable'}`);
+    if (!d) continue;
+    const f = d.features;
+    k.console.log(`${d.name}: ${d.sectors} sectors (${(d.sizeBytes / 1048576).toFixed(1)} MiB), ${d.readOnly ? 'read-only' : 'writable'}; ` +
+      `${f.queues} queue(s) of ${f.ringPages}-page rings, ${f.maxSegments} segments per request, ` +
+      `persistent grants ${f.persistent ? 'on' : 'off'}, flush ${f.flush ? 'on' : 'off'}, discard ${f.discard ? 'on' : 'off'}`);
   }
   if (xvda) out.xvda = await hashDisk(k, xvda);
   if (xvdb) out.xvdb = await scratchTest(k, xvdb, args.writeMiB ?? 16);
