@@ -84,6 +84,8 @@ export class BlkbackDevice {
   private destroyed = false;
   /** Counters accumulated over every connection of this device. */
   private readonly past: BlkbackCounters = newBlkbackCounters();
+  /** Ring slots consumed and copied out over past connections (see {@link counters}). */
+  private readonly pastRing = { slotsConsumed: 0, slotCopies: 0 };
   /** A protocol error that disabled a ring, if any. */
   protocolError: string | null = null;
   /** What the current connection negotiated (for reports). */
@@ -109,17 +111,24 @@ export class BlkbackDevice {
     return Math.floor(this.opts.store.sizeBytes / SECTOR_SIZE);
   }
 
-  /** Counters of the data path, over all connections and queues. */
-  counters(): BlkbackCounters & { state: string; inFlight: number; persistentGrants: number } {
+  /**
+   * Counters of the data path, over all connections and queues; `slotsConsumed` and
+   * `slotCopies` count ring slots taken and slot copies made by the one copying
+   * accessor (equal when no request was read twice).
+   */
+  counters(): BlkbackCounters & { state: string; inFlight: number; persistentGrants: number; slotsConsumed: number; slotCopies: number } {
     const c = { ...this.past };
     for (const q of this.queues) for (const [key, v] of Object.entries(q.ring.counters)) c[key as keyof BlkbackCounters] += v;
     let inFlight = 0;
     let persistentGrants = 0;
+    let { slotsConsumed, slotCopies } = this.pastRing;
     for (const q of this.queues) {
       inFlight += q.ring.inFlight();
       persistentGrants += q.ring.persistentGrants();
+      slotsConsumed += q.ring.ring.counters.requestsConsumed;
+      slotCopies += q.ring.ring.counters.requestCopies;
     }
-    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants };
+    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants, slotsConsumed, slotCopies };
   }
 
   /**
@@ -279,6 +288,8 @@ export class BlkbackDevice {
     for (const q of queues) {
       await q.ring.close();
       for (const [key, v] of Object.entries(q.ring.counters)) this.past[key as keyof BlkbackCounters] += v;
+      this.pastRing.slotsConsumed += q.ring.ring.counters.requestsConsumed;
+      this.pastRing.slotCopies += q.ring.ring.counters.requestCopies;
       this.k.evtchn.off(q.port);
       try {
         this.k.evtchn.close(q.port);

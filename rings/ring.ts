@@ -158,6 +158,12 @@ export interface FrontRingCounters {
 export interface BackRingCounters {
   /** Requests consumed (each advance of `reqCons`). */
   requestsConsumed: number;
+  /**
+   * Request slots copied out of shared memory by {@link BackRing.copyRequest}, the one
+   * accessor that reads a request: equal to `requestsConsumed` when every request is
+   * read exactly once (no double fetch).
+   */
+  requestCopies: number;
   /** Responses produced (each advance of `rspProdPvt`). */
   responsesProduced: number;
   /** `pushResponsesAndCheckNotify` calls that published responses and asked for a notification. */
@@ -570,7 +576,7 @@ export class BackRing {
   readonly view: DataView;
   /** Counters for benchmarks. */
   readonly counters: BackRingCounters = {
-    requestsConsumed: 0, responsesProduced: 0, notificationsSent: 0,
+    requestsConsumed: 0, requestCopies: 0, responsesProduced: 0, notificationsSent: 0,
     notificationsSuppressed: 0, finalChecks: 0, finalChecksWithWork: 0, protocolErrors: 0,
   };
 
@@ -704,6 +710,7 @@ export class BackRing {
   copyRequest(idx: number, into: Uint8Array): void {
     if (into.length < this.entrySize) throw new InvariantError('BackRing: copyRequest buffer shorter than an entry');
     into.set(this.#slots[idx & this.#mask]);
+    this.counters.requestCopies++;
   }
 
   /**

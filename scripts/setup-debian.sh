@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages named on the command line, idempotently:
-#   bash scripts/setup-debian.sh libxen-dev gcc
+#   bash scripts/setup-debian.sh libxen-dev gcc qemu-utils libnbd-bin fio
 # Each package is checked with `dpkg -s` first; only when some are missing does it
 # run `apt-get update` (once) and `apt-get install -y --no-install-recommends` for
 # the missing ones — as root, or through `sudo -n` when that works without a

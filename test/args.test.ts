@@ -45,7 +45,7 @@ describe('parseCli: good command lines', () => {
   });
 
   it('USAGE names every command and option', () => {
-    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress']) {
+    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress', '--nbd PORT', '--nbd-socket PATH', '--read-only']) {
       expect(USAGE).toContain(word);
     }
   });
@@ -87,6 +87,27 @@ describe('parseCli: bad command lines give one-line UsageErrors', () => {
 
   it('control characters are escaped, so the message stays on one line', () => {
     expect(usageError(['up', '--fr\nob'])).toBe("unknown option '--fr\\x0aob'");
+  });
+});
+
+describe('parseCli: the NBD export', () => {
+  it('--nbd PORT and --nbd-socket PATH, writable unless --read-only', () => {
+    expect(parseCli(['up', '--disk', 'd.img', '--nbd', '10809'])).toEqual({
+      command: 'up', disk: 'd.img', quiet: false, progress: true, nbd: { listen: { port: 10809 }, readOnly: false },
+    });
+    expect(parseCli(['up', '--disk=d.img', '--nbd=0', '--read-only', '-q'])).toMatchObject({ quiet: true, nbd: { listen: { port: 0 }, readOnly: true } });
+    expect(parseCli(['up', '--nbd-socket', '/run/x.sock', '--disk', 'd.img'])).toMatchObject({ nbd: { listen: { path: '/run/x.sock' }, readOnly: false } });
+  });
+
+  it('rejects a bad port, both listeners, CONFIG, --scratch-mib, a missing --disk, and --read-only alone', () => {
+    for (const bad of ['65536', '-1', 'http', '1.5', '0x50', '']) {
+      expect(usageError(['up', '--disk', 'd.img', `--nbd=${bad}`]), bad).toMatch(bad === '' ? /needs a value/ : /^option '--nbd' needs a TCP port from 0 to 65535/);
+    }
+    expect(usageError(['up', '--disk', 'd', '--nbd', '1', '--nbd-socket', 's'])).toBe("options '--nbd' and '--nbd-socket' cannot be used together");
+    expect(usageError(['up', 'vm.cfg', '--disk', 'd', '--nbd', '1'])).toBe("option '--nbd' serves --disk FILE and cannot be used with CONFIG");
+    expect(usageError(['up', '--disk', 'd', '--nbd', '1', '--scratch-mib', '8'])).toBe("option '--scratch-mib' does not apply with '--nbd'");
+    expect(usageError(['up', '--nbd-socket', 's'])).toBe("option '--nbd-socket' needs --disk FILE");
+    expect(usageError(['up', '--disk', 'd', '--read-only'])).toBe("option '--read-only' needs --nbd or --nbd-socket");
   });
 });
 

@@ -3,6 +3,7 @@
  *
  * ```
  * pvio up [CONFIG] [--disk PATH] [--scratch-mib N] [--quiet] [--no-progress]
+ * pvio up --disk PATH (--nbd PORT | --nbd-socket PATH) [--read-only] [--quiet]
  * pvio help
  * pvio --version
  * ```
@@ -11,12 +12,16 @@
  */
 import { parseArgs } from 'node:util';
 import { PvioError } from '../rings/errors.ts';
+import type { NbdListen } from './nbd/server.ts';
 
 /** Usage text printed by `pvio help` (and after a usage error). Ends with a newline. */
 export const USAGE = `\
 Usage:
   pvio up [CONFIG] [options]   boot the guest domain described by CONFIG (an xl-style
                                config file) and run it until every domain has exited
+  pvio up --disk FILE --nbd PORT
+                               serve FILE (attached writable as xvda) over NBD on
+                               127.0.0.1:PORT through the PV path until Ctrl-C/SIGTERM
   pvio bench ring [options]    the ring benchmark: pvio against a minimal ring, MessagePort
                                and ringbuf.js (--json FILE, --svg FILE, --quick; see bench/README.md)
   pvio help                    show this help
@@ -27,6 +32,11 @@ Options for 'up':
   --scratch-mib N     size of the scratch disk, in MiB (a whole number, at least 1)
   -q, --quiet         print only the guest's console and errors
   --no-progress       do not show progress bars
+  --nbd PORT          run the NBD guest: serve --disk FILE on 127.0.0.1:PORT (0 picks a
+                      free port; the listening line names it), e.g. for nbdinfo, qemu-img,
+                      qemu-io or fio at nbd://127.0.0.1:PORT
+  --nbd-socket PATH   the same on the Unix socket PATH (nbd+unix:///?socket=PATH)
+  --read-only         with --nbd or --nbd-socket: attach FILE read-only
 
 Options anywhere:
   -h, --help          show this help
@@ -57,6 +67,11 @@ export interface UpCommand {
   quiet: boolean;
   /** False with `--no-progress`. */
   progress: boolean;
+  /**
+   * `--nbd PORT` / `--nbd-socket PATH` (with `--read-only`): serve `disk` over NBD
+   * from the NBD guest; absent otherwise. Only with `disk` and without `config`.
+   */
+  nbd?: { listen: NbdListen; readOnly: boolean };
 }
 
 /** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
@@ -79,6 +94,9 @@ const OPTIONS = {
   'scratch-mib': { type: 'string' },
   quiet: { type: 'boolean', short: 'q' },
   'no-progress': { type: 'boolean' },
+  nbd: { type: 'string' },
+  'nbd-socket': { type: 'string' },
+  'read-only': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -104,8 +122,10 @@ function q(s: string): string {
  * @throws UsageError for an unknown option (`unknown option '--frob'`), an unknown
  *   command (`unknown command 'frob'`), options without a command, an option's
  *   missing value (`option '--disk' needs a value`), a value given to a flag, an
- *   option given twice, a `--scratch-mib` that is not a whole number of MiB ≥ 1, or
- *   an extra argument
+ *   option given twice, a `--scratch-mib` that is not a whole number of MiB ≥ 1, an
+ *   extra argument, a `--nbd` port that is not 0..65535, or `--nbd`/`--nbd-socket`
+ *   given together, with CONFIG, with `--scratch-mib` or without `--disk` (or
+ *   `--read-only` without either)
  */
 export function parseCli(argv: string[]): Cli {
   if (argv[0] === 'bench') {
@@ -176,6 +196,24 @@ export function parseCli(argv: string[]): Cli {
       throw new UsageError(`option '--scratch-mib' needs a whole number of MiB from 1 to ${MAX_SCRATCH_MIB}, got ${q(scratch)}`);
     }
     out.scratchMiB = n;
+  }
+  const port = seen.get('nbd');
+  const path = seen.get('nbd-socket');
+  if (port !== undefined || path !== undefined) {
+    const opt = port !== undefined ? "'--nbd'" : "'--nbd-socket'";
+    if (port !== undefined && path !== undefined) throw new UsageError("options '--nbd' and '--nbd-socket' cannot be used together");
+    if (out.config !== undefined) throw new UsageError(`option ${opt} serves --disk FILE and cannot be used with CONFIG`);
+    if (out.disk === undefined) throw new UsageError(`option ${opt} needs --disk FILE`);
+    if (out.scratchMiB !== undefined) throw new UsageError(`option '--scratch-mib' does not apply with ${opt}`);
+    let listen: NbdListen;
+    if (typeof port === 'string') {
+      const n = /^[0-9]{1,5}$/.test(port) ? Number(port) : NaN;
+      if (!(n <= 65535)) throw new UsageError(`option '--nbd' needs a TCP port from 0 to 65535, got ${q(port)}`);
+      listen = { port: n };
+    } else listen = { path: path as string };
+    out.nbd = { listen, readOnly: seen.has('read-only') };
+  } else if (seen.has('read-only')) {
+    throw new UsageError("option '--read-only' needs --nbd or --nbd-socket");
   }
   return out;
 }

@@ -8,6 +8,12 @@
  * (toolstack/guests/default.ts) with the Node executable attached read-only as
  * `xvda` (or `--disk PATH`) and a new sparse scratch image as `xvdb`.
  *
+ * With `--disk FILE --nbd PORT` (or `--nbd-socket PATH`), the NBD guest
+ * (toolstack/guests/nbd.ts) with FILE attached writable as `xvda` (read-only with
+ * `--read-only`): it serves the disk over NBD and prints its listening line; SIGINT
+ * or SIGTERM stops it cleanly (connections ended, disk flushed and closed, domain
+ * powered off) and the command exits 0.
+ *
  * Bad input (a missing or unreadable disk, a malformed config, an unknown option)
  * is one line on stderr and a non-zero exit, with no worker started. SIGINT tears
  * every domain down and exits with 130.
@@ -24,9 +30,13 @@ import { loadConfig, parseDiskSpec, type DiskSpec } from './config.ts';
 import { Machine, type GuestSpec } from './machine.ts';
 import { createProgress } from './progress.ts';
 import type { DefaultGuestResult } from './guests/default.ts';
+import type { NbdGuestArgs } from './guests/nbd.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_GUEST = join(ROOT, 'toolstack', 'guests', 'default.ts');
+const NBD_GUEST = join(ROOT, 'toolstack', 'guests', 'nbd.ts');
+/** How long the NBD guest may take to answer its requests in flight and stop (ms). */
+const NBD_STOP_TIMEOUT_MS = 30_000;
 
 /** Where pvio keeps its scratch images: `$PVIO_DATA_DIR`, else `$XDG_DATA_HOME/pvio`, else `~/.local/share/pvio`. */
 export function dataDir(): string {
@@ -84,6 +94,11 @@ function guestFromCli(cmd: UpCommand): { spec: GuestSpec; notes: string[]; isDef
       disks.unshift(parseDiskSpec(`${resolve(cmd.disk)},xvda,r`, process.cwd()));
     }
     return { spec: { name: cfg.name, memoryMiB: cfg.memoryMiB, vcpus: cfg.vcpus, kernel: cfg.kernel, extra: cfg.extra, disks }, notes: checkDisks(disks), isDefault: false };
+  }
+  if (cmd.nbd) {
+    const xvda = parseDiskSpec(`${resolve(cmd.disk!)},xvda,${cmd.nbd.readOnly ? 'r' : 'w'}`, process.cwd());
+    const args: NbdGuestArgs = { listen: cmd.nbd.listen };
+    return { spec: { name: 'guest', memoryMiB: 64, vcpus: 1, kernel: NBD_GUEST, args, disks: [xvda] }, notes: checkDisks([xvda]), isDefault: false };
   }
   const xvda = parseDiskSpec(`${resolve(cmd.disk ?? process.execPath)},xvda,r`, process.cwd());
   const notes = checkDisks([xvda]);
@@ -148,13 +163,21 @@ export async function main(argv: string[]): Promise<number> {
     },
   });
   let interrupted = false;
-  const onSigint = () => {
+  /** Set once the NBD guest runs: asks it to stop cleanly. */
+  let stopNbd: (() => void) | null = null;
+  const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) return;
     interrupted = true;
+    if (stopNbd) {
+      say(`pvio: ${signal}: stopping the NBD export`);
+      stopNbd();
+      return;
+    }
     process.stderr.write('pvio: interrupted, tearing every domain down\n');
     void machine.shutdown();
   };
-  process.on('SIGINT', onSigint);
+  process.on('SIGINT', onSignal);
+  if (cmd.nbd) process.on('SIGTERM', onSignal);
   let poll: NodeJS.Timeout | null = null;
   try {
     const disks = plan.spec.disks ?? [];
@@ -164,6 +187,12 @@ export async function main(argv: string[]): Promise<number> {
     say(`pvio: booted the hypervisor and Domain-0 in ${((performance.now() - t0) / 1000).toFixed(2)} s; starting ${plan.spec.name} ` +
       `with ${disks.map((d) => `${d.vdev}=${d.path}${d.readOnly ? ' (r)' : ' (w)'}`).join(', ') || 'no disks'}`);
     const g = await machine.createGuest(plan.spec);
+    if (cmd.nbd) {
+      stopNbd = () => void g.call('stop', undefined, NBD_STOP_TIMEOUT_MS).catch((e: Error) => {
+        err(`the NBD guest did not stop: ${e.message}`);
+        void machine.shutdown();
+      });
+    }
     if (xvda && plan.isDefault) {
       progress = createProgress({ total: xvdaBytes, label: 'xvda', enabled: cmd.progress && !cmd.quiet });
       const key = `${plan.spec.name}/xvda`;
@@ -181,7 +210,7 @@ export async function main(argv: string[]): Promise<number> {
       progress.stop();
       progress = null;
     }
-    if (interrupted) return 130;
+    if (interrupted && !(stopNbd && exit.reason === 0)) return 130;
     if (exit.reason !== 0) {
       err(`${exit.name} crashed: ${exit.error ?? 'unknown error'}`);
       return 1;
@@ -219,6 +248,7 @@ export async function main(argv: string[]): Promise<number> {
     if (poll) clearInterval(poll);
     progress?.stop();
     await machine.shutdown();
-    process.off('SIGINT', onSigint);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
