@@ -4,6 +4,9 @@
  *
  * The disk is one plain (not shared) ArrayBuffer of `sizeBytes` bytes, zero at
  * start, exposed as {@link MemoryStore.data} so a test can seed and inspect it.
+ * Discard zeroes the range (`canDiscard` and `discardZeroes` are true for a
+ * writable store, granularity 512 bytes); resize copies the disk into a new buffer
+ * of the new size.
  *
  * By default every request is answered synchronously inside `submit`. With
  * `asyncDelayMs` (or `reorder`) the store instead answers `STORAGE_PENDING` and
@@ -25,8 +28,8 @@
 
 import { invariant, InvariantError } from '../rings/errors.ts';
 import {
-  admitStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
-  StorageError,
+  admitStorageRequest, checkResize, checkStorageRequest, iovBytes, newStorageCounters, SECTOR_SIZE,
+  STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING, StorageError,
   type StorageBackend, type StorageCompletionHandler, type StorageCounters, type StorageRequest,
   type StorageStatus, type StorageSubmitResult,
 } from './storage.ts';
@@ -60,23 +63,27 @@ interface Queued {
 
 /** An in-memory disk as a {@link StorageBackend}; see the module comment. */
 export class MemoryStore implements StorageBackend {
-  /** Disk size in bytes; the disk exposes `floor(sizeBytes / 512)` sectors. */
-  readonly sizeBytes: number;
   /** True when writes are refused (answered -1). */
   readonly readOnly: boolean;
   /** As given in the options (default false); flush answers 0 regardless. */
   readonly canFlush: boolean;
+  /** True unless read-only: discard zeroes the range. */
+  readonly canDiscard: boolean;
+  /** Equal to `canDiscard`: a discarded range reads back as zeroes. */
+  readonly discardZeroes: boolean;
+  /** 512: any sector range is zeroed exactly. */
+  readonly discardGranularity = SECTOR_SIZE;
   /** True when every `submit` returns a final status (no `asyncDelayMs`, no `reorder`). */
   readonly sync: boolean;
   /** Completion delay of a batch in milliseconds (asynchronous mode). */
   readonly asyncDelayMs: number;
   /** True when batches complete in reverse submission order. */
   readonly reorder: boolean;
-  /** The disk's bytes: byte `b` of the disk is `data[b]`. Tests may read and write it directly. */
-  readonly data: Uint8Array;
   /** Requests by op, bytes moved, errors; see `StorageCounters`. */
   readonly counters: StorageCounters = newStorageCounters();
 
+  /** See {@link MemoryStore.data}. */
+  #data: Uint8Array;
   #done: StorageCompletionHandler | undefined;
   /** The batch waiting for its timer, in submission order. */
   #queue: Queued[] = [];
@@ -102,13 +109,42 @@ export class MemoryStore implements StorageBackend {
     if (delay !== undefined && !(Number.isFinite(delay) && delay >= 0)) {
       throw new StorageError('(memory)', 'EINVAL', `cannot create memory disk: EINVAL (asyncDelayMs ${delay} is not a delay)`);
     }
-    this.sizeBytes = sizeBytes;
     this.readOnly = options.readOnly ?? false;
     this.canFlush = options.canFlush ?? false;
+    this.canDiscard = !this.readOnly;
+    this.discardZeroes = this.canDiscard;
     this.reorder = options.reorder ?? false;
     this.sync = delay === undefined && !this.reorder;
     this.asyncDelayMs = delay ?? 0;
-    this.data = new Uint8Array(new ArrayBuffer(sizeBytes));
+    this.#data = new Uint8Array(new ArrayBuffer(sizeBytes));
+  }
+
+  /**
+   * The disk's bytes: byte `b` of the disk is `data[b]`. Tests may read and write it
+   * directly. A resize replaces the array (take it again afterwards).
+   */
+  get data(): Uint8Array {
+    return this.#data;
+  }
+
+  /** Disk size in bytes (`data.byteLength`); the disk exposes `floor(sizeBytes / 512)` sectors. */
+  get sizeBytes(): number {
+    return this.#data.byteLength;
+  }
+
+  /**
+   * Replaces the disk by one of `sizeBytes` bytes holding the old bytes that fit
+   * (grown space is zero). Queued requests (asynchronous mode) are checked again
+   * against the new size when their batch runs.
+   * @throws {StorageError} (as a rejection) `EINVAL` for a bad size, `EROFS` when
+   *   read-only, `EBADF` after `close()`; a RangeError from the engine if the
+   *   buffer cannot be allocated.
+   */
+  async resize(sizeBytes: number): Promise<void> {
+    checkResize('(memory)', sizeBytes, this.readOnly, this.#closing);
+    const data = new Uint8Array(new ArrayBuffer(sizeBytes));
+    data.set(this.#data.subarray(0, sizeBytes));
+    this.#data = data;
   }
 
   /** Sets the callback for requests answered `STORAGE_PENDING` (asynchronous mode only). */
@@ -119,14 +155,15 @@ export class MemoryStore implements StorageBackend {
   /**
    * Executes `req` (synchronous mode) or queues it in the current batch (asynchronous
    * mode). Answers -1 for a request that fails `checkStorageRequest`, a write to a
-   * read-only store or any submit after `close()`; -2 for an unknown op.
+   * read-only store or any submit after `close()`; -2 for an unknown op or a discard
+   * to a read-only store.
    * @throws {InvariantError} in asynchronous mode when no completion handler is set
    *   or `req.id` is already in flight (blkback's bugs).
    */
   submit(req: StorageRequest): StorageSubmitResult {
-    const check = admitStorageRequest(req, this.counters, this.sizeBytes, this.readOnly, this.#closing);
+    const check = admitStorageRequest(req, this, this.#closing);
     if (check !== STORAGE_OKAY) return this.#fail(check);
-    const len = req.op === 'flush' ? 0 : iovBytes(req.iov);
+    const len = req.op === 'flush' || req.op === 'discard' ? 0 : iovBytes(req.iov);
     if (this.sync) return this.#execute(req, len);
 
     invariant(this.#done !== undefined, 'MemoryStore: asynchronous submit before setCompletionHandler');
@@ -149,16 +186,19 @@ export class MemoryStore implements StorageBackend {
       let pos = req.offset;
       if (req.op === 'read') {
         for (const v of req.iov) {
-          v.set(this.data.subarray(pos, pos + v.byteLength));
+          v.set(this.#data.subarray(pos, pos + v.byteLength));
           pos += v.byteLength;
         }
         this.counters.bytesRead += len;
       } else if (req.op === 'write') {
         for (const v of req.iov) {
-          this.data.set(v, pos);
+          this.#data.set(v, pos);
           pos += v.byteLength;
         }
         this.counters.bytesWritten += len;
+      } else if (req.op === 'discard') {
+        this.#data.fill(0, pos, pos + req.length!);
+        this.counters.bytesDiscarded += req.length!;
       }
       return STORAGE_OKAY;
     } catch {
@@ -176,7 +216,9 @@ export class MemoryStore implements StorageBackend {
     // completes (so close() cannot hang) and the first exception is rethrown.
     let thrown: { err: unknown } | undefined;
     for (const { req, len } of batch) {
-      const status = this.#execute(req, len);
+      const status = checkStorageRequest(req, this.sizeBytes, this.readOnly, this.canDiscard) === STORAGE_OKAY
+        ? this.#execute(req, len)
+        : this.#fail(STORAGE_ERROR);
       this.#inFlight.delete(req.id);
       try {
         this.#done!(req.id, status);

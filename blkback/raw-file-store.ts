@@ -28,16 +28,31 @@
  * No `O_DIRECT`: SharedArrayBuffers are not aligned as it needs (node-facts.md), so
  * durability comes from `fdatasync` on flush, which is why a writable store
  * advertises `canFlush`.
+ *
+ * Discard punches holes (`fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`
+ * through the `pvio-punch-hole` addon, file-io.ts): the file's blocks inside the
+ * range are freed and read back as zeroes, and the partial blocks at the range's
+ * ends (the file system's block size, `fstat`'s `blksize`, is the discard
+ * granularity) are overwritten with zeroes — so `discardZeroes` holds, as for a
+ * Linux block device that zeroes discarded blocks. A writable store advertises
+ * `canDiscard` only when a probe punch past end of file succeeded at open (the
+ * addon loaded and the file system punches holes); otherwise discards answer -2.
+ * A discard is always answered synchronously (it is a metadata operation), in
+ * both modes.
+ *
+ * Resize is `ftruncate`: growing adds a sparse tail that reads as zeroes.
  */
 
 import {
-  closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync,
-  readv, readvSync, writev, writevSync,
+  closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readv, writev,
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { invariant, InvariantError } from '../rings/errors.ts';
 import {
-  admitStorageRequest, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
+  advanceIov, probePunchHole, readFullySync, writeFullySync, zeroFileRange, zeroIov,
+} from './file-io.ts';
+import {
+  admitStorageRequest, checkResize, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
   StorageError,
   type StorageBackend, type StorageCompletionHandler, type StorageCounters, type StorageRequest,
   type StorageStatus, type StorageSubmitResult,
@@ -52,45 +67,28 @@ export interface RawFileStoreOptions {
    * `submit`; `false` answers `STORAGE_PENDING` and completes through the handler.
    */
   readonly sync?: boolean;
+  /**
+   * `false` never discards (`canDiscard` false, discards answer -2), e.g. to compare
+   * with a disk that cannot. Default: discard when holes can be punched.
+   */
+  readonly discard?: boolean;
 }
-
-/**
- * Returns the vector that is left after the first `n` bytes of `iov` have been
- * transferred (for continuing a short `readv`/`writev`). Views are trimmed with
- * `subarray`, never copied.
- */
-function advanceIov(iov: readonly Uint8Array[], n: number): Uint8Array[] {
-  const rest: Uint8Array[] = [];
-  for (const v of iov) {
-    if (n >= v.byteLength) {
-      n -= v.byteLength;
-      continue;
-    }
-    rest.push(n > 0 ? v.subarray(n) : v);
-    n = 0;
-  }
-  return rest;
-}
-
-/** Fills every view of `iov` with zeroes (the part of a read past end of file). */
-function zeroIov(iov: readonly Uint8Array[]): void {
-  for (const v of iov) v.fill(0);
-}
-
-/** Thrown internally (never out of `submit`) when a `writev` makes no progress. */
-const NO_PROGRESS = new Error('writev wrote 0 bytes');
 
 /**
  * A raw disk image file as a {@link StorageBackend}. Create with
  * {@link RawFileStore.open}; make a scratch image with {@link RawFileStore.createSparse}.
  */
 export class RawFileStore implements StorageBackend {
-  /** Size of the file at open, in bytes; the disk exposes `floor(sizeBytes / 512)` sectors. */
-  readonly sizeBytes: number;
   /** True when opened read-only: writes answer -1. */
   readonly readOnly: boolean;
   /** True for a writable store: flush is `fdatasync`, which makes completed writes durable. */
   readonly canFlush: boolean;
+  /** True when discards punch holes (writable, addon loaded, file system can); see the module comment. */
+  readonly canDiscard: boolean;
+  /** Equal to `canDiscard`: punched ranges read back as zeroes. */
+  readonly discardZeroes: boolean;
+  /** The file system's block size in bytes (`fstat`'s `blksize`, typically 4096). */
+  readonly discardGranularity: number;
   /** True in synchronous mode (every `submit` returns a final status). */
   readonly sync: boolean;
   /** The file this store was opened on (for messages). */
@@ -100,6 +98,8 @@ export class RawFileStore implements StorageBackend {
 
   /** The file descriptor; -1 once closed. */
   #fd: number;
+  /** See {@link RawFileStore.sizeBytes}. */
+  #sizeBytes: number;
   #done: StorageCompletionHandler | undefined;
   /** Ids of requests answered `STORAGE_PENDING` and not yet completed (async mode). */
   readonly #inFlight = new Set<number>();
@@ -109,28 +109,37 @@ export class RawFileStore implements StorageBackend {
   /** Resolves `close()`'s wait when the last in-flight request completes. */
   #drained: (() => void) | undefined;
 
-  private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, sync: boolean) {
+  private constructor(path: string, fd: number, sizeBytes: number, blockSize: number, options: RawFileStoreOptions) {
     this.path = path;
     this.#fd = fd;
-    this.sizeBytes = sizeBytes;
-    this.readOnly = readOnly;
-    this.canFlush = !readOnly;
-    this.sync = sync;
+    this.#sizeBytes = sizeBytes;
+    this.readOnly = options.readOnly;
+    this.canFlush = !options.readOnly;
+    this.canDiscard = !options.readOnly && options.discard !== false && probePunchHole(fd, sizeBytes, blockSize);
+    this.discardZeroes = this.canDiscard;
+    this.discardGranularity = blockSize;
+    this.sync = options.sync ?? true;
+  }
+
+  /**
+   * Size of the file in bytes, taken at open and changed by {@link RawFileStore.resize};
+   * the disk exposes `floor(sizeBytes / 512)` sectors.
+   */
+  get sizeBytes(): number {
+    return this.#sizeBytes;
   }
 
   /**
    * Opens the image at `path` with `fs.openSync` (`'r'` when `readOnly`, else `'r+'`;
-   * the file must exist) and takes its size from `fstat`.
+   * the file must exist) and takes its size and block size from `fstat`.
    * @throws {StorageError} (`code` `PVIO_ERR_STORAGE`) when the path cannot be opened,
    *   e.g. `cannot open /x/y: ENOENT (no such file or directory)`, or is not a regular
    *   file (`EISDIR` for a directory).
    */
   static open(path: string, options: RawFileStoreOptions): RawFileStore {
-    const readOnly = options.readOnly;
-    const sync = options.sync ?? true;
     let fd: number;
     try {
-      fd = openSync(path, readOnly ? 'r' : 'r+');
+      fd = openSync(path, options.readOnly ? 'r' : 'r+');
     } catch (err) {
       throw StorageError.fromSystemError('open', path, err);
     }
@@ -138,7 +147,7 @@ export class RawFileStore implements StorageBackend {
       const st = fstatSync(fd);
       if (st.isDirectory()) throw new StorageError(path, 'EISDIR', `cannot open ${path}: EISDIR (is a directory)`);
       if (!st.isFile()) throw new StorageError(path, undefined, `cannot open ${path}: not a regular file`);
-      return new RawFileStore(path, fd, st.size, readOnly, sync);
+      return new RawFileStore(path, fd, st.size, st.blksize, options);
     } catch (err) {
       closeSync(fd);
       throw err instanceof StorageError ? err : StorageError.fromSystemError('stat', path, err);
@@ -184,18 +193,48 @@ export class RawFileStore implements StorageBackend {
   /**
    * Executes `req` (synchronous mode) or starts it (asynchronous mode). Answers -1
    * for a request that fails `checkStorageRequest`, a write to a read-only store, an
-   * I/O error, or any submit after `close()`; -2 for an unknown op. A zero-length
-   * read or write, and a flush of a read-only store, answer 0 at once in both modes.
+   * I/O error, or any submit after `close()`; -2 for an unknown op or a discard
+   * when `canDiscard` is false. A zero-length read, write or discard, a flush of a
+   * read-only store, and every discard answer at once in both modes.
    * @throws {InvariantError} in asynchronous mode when no completion handler is set
    *   or `req.id` is already in flight (blkback's bugs).
    */
   submit(req: StorageRequest): StorageSubmitResult {
-    const check = admitStorageRequest(req, this.counters, this.sizeBytes, this.readOnly, this.#closing);
+    const check = admitStorageRequest(req, this, this.#closing);
     if (check !== STORAGE_OKAY) return this.#fail(check);
+    if (req.op === 'discard') return this.#discard(req.offset, req.length!);
     const len = req.op === 'flush' ? 0 : iovBytes(req.iov);
     if (req.op !== 'flush' && len === 0) return STORAGE_OKAY;
     if (req.op === 'flush' && this.readOnly) return STORAGE_OKAY;
     return this.sync ? this.#submitSync(req, len) : this.#submitAsync(req, len);
+  }
+
+  /** Punches `[offset, offset + length)` out of the file (zeroing partial blocks); see the module comment. */
+  #discard(offset: number, length: number): StorageStatus {
+    try {
+      zeroFileRange(this.#fd, offset, length, this.discardGranularity);
+    } catch {
+      return this.#fail();
+    }
+    this.counters.bytesDiscarded += length;
+    return STORAGE_OKAY;
+  }
+
+  /**
+   * Sets the file's length to `sizeBytes` with `ftruncate` (growing adds a sparse
+   * tail that reads as zeroes; shrinking drops the tail). Requests already in flight
+   * are not re-checked: a read past the new end reads zeroes.
+   * @throws {StorageError} (as a rejection) `EINVAL` for a bad size, `EROFS` when
+   *   read-only, `EBADF` after `close()`, or the system error of `ftruncate`.
+   */
+  async resize(sizeBytes: number): Promise<void> {
+    checkResize(this.path, sizeBytes, this.readOnly, this.#closing);
+    try {
+      ftruncateSync(this.#fd, sizeBytes);
+    } catch (err) {
+      throw StorageError.fromSystemError('resize', this.path, err);
+    }
+    this.#sizeBytes = sizeBytes;
   }
 
   /** Counts an error and returns its status (-1 by default). */
@@ -209,10 +248,10 @@ export class RawFileStore implements StorageBackend {
   #submitSync(req: StorageRequest, len: number): StorageStatus {
     try {
       if (req.op === 'read') {
-        this.#readSync(req.offset, req.iov, len);
+        readFullySync(this.#fd, req.iov, req.offset, len);
         this.counters.bytesRead += len;
       } else if (req.op === 'write') {
-        this.#writeSync(req.offset, req.iov, len);
+        writeFullySync(this.#fd, req.iov, req.offset, len);
         this.counters.bytesWritten += len;
       } else {
         fdatasyncSync(this.#fd);
@@ -220,36 +259,6 @@ export class RawFileStore implements StorageBackend {
       return STORAGE_OKAY;
     } catch {
       return this.#fail();
-    }
-  }
-
-  /** Reads `len` bytes at `offset` into `iov`, continuing short reads; zero-fills past EOF. */
-  #readSync(offset: number, iov: readonly Uint8Array[], len: number): void {
-    let pos = offset;
-    let rest = iov;
-    let left = len;
-    for (;;) {
-      const n = readvSync(this.#fd, rest, pos);
-      if (n === 0) return zeroIov(rest);
-      left -= n;
-      if (left <= 0) return;
-      pos += n;
-      rest = advanceIov(rest, n);
-    }
-  }
-
-  /** Writes `len` bytes of `iov` at `offset`, continuing short writes. */
-  #writeSync(offset: number, iov: readonly Uint8Array[], len: number): void {
-    let pos = offset;
-    let rest = iov;
-    let left = len;
-    for (;;) {
-      const n = writevSync(this.#fd, rest, pos);
-      if (n === 0) throw NO_PROGRESS;
-      left -= n;
-      if (left <= 0) return;
-      pos += n;
-      rest = advanceIov(rest, n);
     }
   }
 

@@ -9,6 +9,11 @@
  * reads or writes the frontend's pages directly — with `readv`/`writev` for a file —
  * and never copies through a bounce buffer of its own.
  *
+ * A discard carries no vector: it names a byte range (`offset`, `length`) whose
+ * contents the guest no longer needs (`BLKIF_OP_DISCARD`, sent only when the
+ * backend advertised `feature-discard`, which blkback does only for a store whose
+ * {@link StorageBackend.canDiscard} is true).
+ *
  * A store answers in one of two ways (DESIGN.md, "Layers": a synchronous fast path
  * and asynchronous completion by request id):
  * - **synchronously**: {@link StorageBackend.submit} returns the blkif status
@@ -30,10 +35,16 @@
  *
  * Errors: I/O failures never throw out of `submit`; they are answered with -1 and
  * counted. Only pvio's own bugs (a pending request without a completion handler, a
- * duplicate in-flight id) throw, through `invariant()`. Opening or creating a store
- * throws {@link StorageError}.
+ * duplicate in-flight id) throw, through `invariant()`. Opening, creating or
+ * resizing a store throws (or rejects with) {@link StorageError}.
  *
- * @see xen/include/public/io/blkif.h (`BLKIF_OP_*`, `BLKIF_RSP_*`)
+ * Stores in this folder: `RawFileStore` (raw-file-store.ts), `MemoryStore`
+ * (memory-store.ts), `CowStore` (cow-store.ts, a copy-on-write overlay over a
+ * read-only base image); the experiment wrappers `ErrorStore`, `LatencyStore` and
+ * `TraceStore` (store-wrappers.ts); and `openStore` (open-store.ts), which builds a
+ * disk's store from its {@link StoreSpec}, a user's own {@link StoreModule} included.
+ *
+ * @see xen/include/public/io/blkif.h (`BLKIF_OP_*`, `BLKIF_RSP_*`, `feature-discard`)
  */
 
 import { getSystemErrorMap } from 'node:util';
@@ -48,9 +59,16 @@ export const SECTOR_SIZE = 512;
  * - `'write'`: copy the I/O vector to the disk (`BLKIF_OP_WRITE`);
  * - `'flush'`: make every write that has *completed* before this request durable
  *   (`BLKIF_OP_FLUSH_DISKCACHE`; blkback also maps a dataless `WRITE_BARRIER` here
- *   after draining its in-flight writes).
+ *   after draining its in-flight writes);
+ * - `'discard'`: the guest no longer needs the bytes `[offset, offset + length)`
+ *   (`BLKIF_OP_DISCARD`). The store may free their space; when its
+ *   {@link StorageBackend.discardZeroes} is true, later reads of the range return
+ *   zeroes. A store that cannot discard answers -2 (`BLKIF_RSP_EOPNOTSUPP`).
+ *
+ * @see io/blkif.h `BLKIF_OP_DISCARD`; Linux blkback's `dispatch_discard_io`
+ *   (`xen_blkbk_discard` in older kernels), which calls `blkdev_issue_discard`
  */
-export type StorageOp = 'read' | 'write' | 'flush';
+export type StorageOp = 'read' | 'write' | 'flush' | 'discard';
 
 /** One request handed from blkback to a store. */
 export interface StorageRequest {
@@ -66,10 +84,15 @@ export interface StorageRequest {
   readonly offset: number;
   /**
    * I/O vector: views into mapped pages (SharedArrayBuffer-backed), in disk order.
-   * Their total length in bytes is a multiple of 512; empty for flush. A read fills
-   * every byte of every view; a write stores every byte.
+   * Their total length in bytes is a multiple of 512; empty for flush and discard.
+   * A read fills every byte of every view; a write stores every byte.
    */
   readonly iov: readonly Uint8Array[];
+  /**
+   * Discard only: bytes to discard from `offset`, a multiple of 512 (blkif's
+   * `nr_sectors` × 512); the range lies inside the disk. Ignored by other ops.
+   */
+  readonly length?: number;
 }
 
 /** `BLKIF_RSP_OKAY`: the request succeeded. */
@@ -104,43 +127,91 @@ export type StorageCompletionHandler = (id: number, status: StorageStatus) => vo
 
 /**
  * Counters a store keeps for benchmarks and tests. Every field only grows.
- * - `reads`, `writes`, `flushes`: requests submitted, by op (counted at submit, so a
- *   request that fails still counts);
- * - `bytesRead`, `bytesWritten`: bytes moved by *successful* reads and writes
- *   (zero-filled bytes of a read past end of file count as read);
+ * - `reads`, `writes`, `flushes`, `discards`: requests submitted, by op (counted at
+ *   submit, so a request that fails still counts);
+ * - `bytesRead`, `bytesWritten`, `bytesDiscarded`: bytes of *successful* reads,
+ *   writes and discards (zero-filled bytes of a read past end of file count as read);
  * - `errors`: requests answered -1 or -2.
  */
 export interface StorageCounters {
   reads: number;
   writes: number;
   flushes: number;
+  discards: number;
   /** bytes, not sectors */
   bytesRead: number;
   /** bytes, not sectors */
   bytesWritten: number;
+  /** bytes, not sectors */
+  bytesDiscarded: number;
   errors: number;
 }
 
 /** A fresh, all-zero {@link StorageCounters}. */
 export function newStorageCounters(): StorageCounters {
-  return { reads: 0, writes: 0, flushes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  return { reads: 0, writes: 0, flushes: 0, discards: 0, bytesRead: 0, bytesWritten: 0, bytesDiscarded: 0, errors: 0 };
+}
+
+/** Counts a submitted request by its op (`reads`, `writes`, `flushes`, `discards`); unknown ops are not counted. */
+export function countStorageSubmit(counters: StorageCounters, op: StorageOp): void {
+  if (op === 'read') counters.reads++;
+  else if (op === 'write') counters.writes++;
+  else if (op === 'flush') counters.flushes++;
+  else if (op === 'discard') counters.discards++;
 }
 
 /**
- * A disk as blkback sees it. Implementations in this folder: `RawFileStore`
- * (`raw-file-store.ts`, a raw image file) and `MemoryStore` (`memory-store.ts`, an
- * in-memory disk with optional delayed and reordered completion for tests).
+ * Counts a request's final status: on 0 its bytes (`bytesRead`, `bytesWritten` or
+ * `bytesDiscarded`, see {@link storageRequestBytes}), otherwise one error.
+ */
+export function countStorageCompletion(counters: StorageCounters, req: StorageRequest, status: StorageStatus): void {
+  if (status !== STORAGE_OKAY) counters.errors++;
+  else if (req.op === 'read') counters.bytesRead += iovBytes(req.iov);
+  else if (req.op === 'write') counters.bytesWritten += iovBytes(req.iov);
+  else if (req.op === 'discard') counters.bytesDiscarded += req.length ?? 0;
+}
+
+/**
+ * A disk as blkback sees it. Implementations: see the module comment.
  */
 export interface StorageBackend {
   /**
    * Size in bytes. The disk exposes `floor(sizeBytes / 512)` sectors (the blkif
    * `sectors` key); requests must lie inside `[0, floor(sizeBytes/512) * 512)`.
+   * Changes only through {@link StorageBackend.resize}.
    */
   readonly sizeBytes: number;
   /** True when writes are refused (answered -1); blkback advertises `mode = "r"` and `VDISK_READONLY`. */
   readonly readOnly: boolean;
   /** True when flush makes earlier completed writes durable (advertised as `feature-flush-cache`). */
   readonly canFlush: boolean;
+  /**
+   * True when the store executes discards (advertised as `feature-discard`); false
+   * for a read-only store. When false, a discard answers -2 (`BLKIF_RSP_EOPNOTSUPP`).
+   */
+  readonly canDiscard: boolean;
+  /**
+   * True when a read of a discarded range returns zeroes (punched holes, the memory
+   * store); what a frontend may rely on to turn a write of zeroes into a discard.
+   * Only meaningful when `canDiscard`.
+   */
+  readonly discardZeroes: boolean;
+  /**
+   * Bytes, a multiple of 512: the unit in which the store frees space
+   * (`discard-granularity`; Linux: the queue's `discard_granularity`). Discards of
+   * any 512-byte multiple are accepted; the parts of a range that do not cover
+   * whole units are zeroed rather than freed.
+   */
+  readonly discardGranularity: number;
+  /**
+   * Changes the disk's size to `sizeBytes` bytes (grow or shrink; grown space reads
+   * as zeroes, shrunk space is lost). blkback then re-announces `sectors`
+   * (Linux blkback's `xen_vbd_resize`).
+   * @throws {StorageError} (as a rejection): `errno` `'EINVAL'` for a size that is
+   *   not a non-negative safe integer, `'EROFS'` on a read-only store, `'EBADF'`
+   *   after `close()`, or the system error of a failed operation.
+   */
+  resize(sizeBytes: number): Promise<void>;
   /**
    * Sets the callback for requests answered {@link STORAGE_PENDING}. Called once by
    * blkback before any submit; a later call replaces the handler.
@@ -151,7 +222,8 @@ export interface StorageBackend {
    * {@link STORAGE_PENDING} when it will call the completion handler later (possibly
    * out of order, never from inside this call). Never throws for I/O errors or bad
    * requests (answers -1: out of range, unaligned, write to a read-only store,
-   * submitted after close; -2: unknown op). Throws `InvariantError` only for
+   * submitted after close; -2: unknown op, or a discard when `canDiscard` is false).
+   * Throws `InvariantError` only for
    * blkback's own bugs (an id already in flight; pending without a handler).
    */
   submit(req: StorageRequest): StorageSubmitResult;
@@ -161,7 +233,7 @@ export interface StorageBackend {
    * answer -1.
    */
   close(): Promise<void>;
-  /** Counters: requests by op, bytes read and written, errors. See {@link StorageCounters}. */
+  /** Counters: requests by op, bytes read, written and discarded, errors. See {@link StorageCounters}. */
   readonly counters: StorageCounters;
 }
 
@@ -173,18 +245,28 @@ export function iovBytes(iov: readonly Uint8Array[]): number {
 }
 
 /**
- * The admission step every store's `submit` starts with: counts the request by op,
- * refuses it after `close()` (-1), then applies {@link checkStorageRequest}.
+ * Bytes a request covers on the disk: the I/O vector's length for read and write,
+ * `length` for discard, 0 for flush. Assumes a request that passed
+ * {@link checkStorageRequest}.
+ */
+export function storageRequestBytes(req: StorageRequest): number {
+  return req.op === 'discard' ? req.length ?? 0 : iovBytes(req.iov);
+}
+
+/**
+ * The admission step every store's `submit` starts with: counts the request by op
+ * in `store.counters`, refuses it after `close()` (-1), then applies
+ * {@link checkStorageRequest} with the store's size, `readOnly` and `canDiscard`.
  * @returns 0 when the request may proceed, else the status to answer.
  */
 export function admitStorageRequest(
-  req: StorageRequest, counters: StorageCounters, sizeBytes: number, readOnly: boolean, closing: boolean,
+  req: StorageRequest,
+  store: Pick<StorageBackend, 'counters' | 'sizeBytes' | 'readOnly' | 'canDiscard'>,
+  closing: boolean,
 ): StorageStatus {
-  if (req.op === 'read') counters.reads++;
-  else if (req.op === 'write') counters.writes++;
-  else if (req.op === 'flush') counters.flushes++;
+  countStorageSubmit(store.counters, req.op);
   if (closing) return STORAGE_ERROR;
-  return checkStorageRequest(req, sizeBytes, readOnly);
+  return checkStorageRequest(req, store.sizeBytes, store.readOnly, store.canDiscard);
 }
 
 /**
@@ -192,23 +274,47 @@ export function admitStorageRequest(
  * refuses the same things the same way. Returns 0 if the request may proceed, -1
  * if it must be answered `BLKIF_RSP_ERROR` (bad id, offset not a non-negative
  * multiple of 512, length not a multiple of 512, range past the last whole sector,
- * a flush that carries data, a write to a read-only store) or -2 for an unknown op.
- * Never throws.
+ * a flush that carries data, a discard that carries data or no `length`, a write to
+ * a read-only store) or -2 for an unknown op or a discard when `canDiscard` is false
+ * (Linux blkback answers `BLKIF_RSP_EOPNOTSUPP` when `blkdev_issue_discard` returns
+ * -EOPNOTSUPP). Never throws.
  */
-export function checkStorageRequest(req: StorageRequest, sizeBytes: number, readOnly: boolean): StorageStatus {
+export function checkStorageRequest(
+  req: StorageRequest, sizeBytes: number, readOnly: boolean, canDiscard = false,
+): StorageStatus {
   if (!Number.isSafeInteger(req.id)) return STORAGE_ERROR;
+  if (!Array.isArray(req.iov)) return STORAGE_ERROR;
   if (req.op === 'flush') return req.iov.length === 0 ? STORAGE_OKAY : STORAGE_ERROR;
-  if (req.op !== 'read' && req.op !== 'write') return STORAGE_EOPNOTSUPP;
-  if (req.op === 'write' && readOnly) return STORAGE_ERROR;
+  if (req.op === 'discard' ? !canDiscard : req.op !== 'read' && req.op !== 'write') return STORAGE_EOPNOTSUPP;
+  if (req.op !== 'read' && readOnly) return STORAGE_ERROR;
   const { offset } = req;
   if (!Number.isSafeInteger(offset) || offset < 0 || offset % SECTOR_SIZE !== 0) return STORAGE_ERROR;
-  if (!Array.isArray(req.iov)) return STORAGE_ERROR;
-  for (const v of req.iov) if (!(v instanceof Uint8Array)) return STORAGE_ERROR;
-  const len = iovBytes(req.iov);
-  if (len % SECTOR_SIZE !== 0) return STORAGE_ERROR;
+  let len: number;
+  if (req.op === 'discard') {
+    if (req.iov.length !== 0 || !Number.isSafeInteger(req.length)) return STORAGE_ERROR;
+    len = req.length!;
+  } else {
+    for (const v of req.iov) if (!(v instanceof Uint8Array)) return STORAGE_ERROR;
+    len = iovBytes(req.iov);
+  }
+  if (len < 0 || len % SECTOR_SIZE !== 0) return STORAGE_ERROR;
   const limit = Math.floor(sizeBytes / SECTOR_SIZE) * SECTOR_SIZE;
   if (offset > limit || len > limit - offset) return STORAGE_ERROR;
   return STORAGE_OKAY;
+}
+
+/**
+ * The checks every store's `resize` starts with.
+ * @throws {StorageError} `errno` `'EINVAL'` when `sizeBytes` is not a non-negative
+ *   safe integer, `'EROFS'` when the store is read-only, `'EBADF'` when it is
+ *   closed (or closing); `path` names the store.
+ */
+export function checkResize(path: string, sizeBytes: number, readOnly: boolean, closed: boolean): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
+    throw new StorageError(path, 'EINVAL', `cannot resize ${path}: EINVAL (size ${sizeBytes} is not a byte count)`);
+  }
+  if (readOnly) throw new StorageError(path, 'EROFS', `cannot resize ${path}: EROFS (read-only store)`);
+  if (closed) throw new StorageError(path, 'EBADF', `cannot resize ${path}: EBADF (the store is closed)`);
 }
 
 /**
@@ -261,8 +367,13 @@ export interface StoreSpec {
   type: 'raw' | 'cow' | 'module';
   /** `'cow'`: absolute path of the read-only base image. */
   base?: string;
-  /** `'module'`: absolute path of the module whose default export opens the store. */
+  /** `'module'`: absolute path of the module whose default export opens the store; see {@link StoreModule}. */
   module?: string;
+  /**
+   * `'raw'`: open the file with `O_DIRECT` and move data through an aligned bounce
+   * pool (granted frames are not aligned as O_DIRECT needs); bypasses the page cache.
+   */
+  direct?: boolean;
   /** Latency wrapper: every request completes this many µs late (asynchronously). */
   latencyUs?: number;
   /** Error wrapper: fraction 0..1 of read/write requests answered `BLKIF_RSP_ERROR`. */
@@ -272,3 +383,23 @@ export interface StoreSpec {
   /** Trace wrapper: absolute path of a JSON-lines file, one line per request. */
   trace?: string;
 }
+
+/** What a user's store module's factory receives: the disk's target path and mode, as in the machine config. */
+export interface StoreModuleOptions {
+  /** The disk's target (absolute path), for the module to interpret as it likes. */
+  readonly path: string;
+  /** True when the disk is read-only: the store must then report `readOnly` true and refuse writes. */
+  readonly readOnly: boolean;
+}
+
+/**
+ * The default export of a user's store module (`store=module`, `module=PATH`): a
+ * function that opens the disk's store, e.g.
+ * `export default ({ path, readOnly }) => RawFileStore.open(path, { readOnly })`.
+ * It may return the store or a promise of it, and may throw (any error is
+ * reported as a {@link StorageError} naming the module). `openStore` (open-store.ts)
+ * imports the module, calls this once per disk, and puts the configured wrappers
+ * around what it returns. The store is used from blkback's domain (a worker
+ * thread), so the module must be importable there (`.ts` works through tsx).
+ */
+export type StoreModule = (opts: StoreModuleOptions) => StorageBackend | Promise<StorageBackend>;

@@ -117,7 +117,9 @@ describe('RawFileStore, synchronous mode', () => {
     expect(q2.subarray(0, 1024).every((b) => b === 0xaa)).toBe(true);
     expect(q2.subarray(2048).every((b) => b === 0xaa)).toBe(true);
 
-    expect(store.counters).toEqual({ reads: 1, writes: 1, flushes: 0, bytesRead: 2048, bytesWritten: 2048, errors: 0 });
+    expect(store.counters).toEqual({
+      reads: 1, writes: 1, flushes: 0, discards: 0, bytesRead: 2048, bytesWritten: 2048, bytesDiscarded: 0, errors: 0,
+    });
     await store.close();
   });
 
@@ -212,12 +214,16 @@ describe('RawFileStore, synchronous mode', () => {
       [{ id: 5, op: 'read', offset: -512, iov: [p.subarray(0, 512)] }, -1],       // negative
       [{ id: 6, op: 'read', offset: 2 ** 60, iov: [p.subarray(0, 512)] }, -1],    // not a safe integer
       [{ id: 7, op: 'flush', offset: 0, iov: [p] }, -1],                          // flush with data
-      [{ id: 8, op: 'discard' as never, offset: 0, iov: [] }, -2],                // not supported
+      [{ id: 8, op: 'trim' as never, offset: 0, iov: [] }, -2],                   // unknown op
+      [{ id: 9, op: 'discard', offset: 0, iov: [] }, -1],                         // discard without a length
+      [{ id: 10, op: 'discard', offset: 0, length: 4096, iov: [p] }, -1],         // discard with data
+      [{ id: 11, op: 'discard', offset: 0, length: 100, iov: [] }, -1],           // partial sector
+      [{ id: 12, op: 'discard', offset: 4096, length: 8192, iov: [] }, -1],       // past the end
     ];
     for (const [req, status] of bad) expect(store.submit(req)).toBe(status);
     expect(store.counters.errors).toBe(bad.length);
     await store.close();
-    expect(store.submit({ id: 9, op: 'read', offset: 0, iov: [p.subarray(0, 512)] })).toBe(-1); // after close
+    expect(store.submit({ id: 13, op: 'read', offset: 0, iov: [p.subarray(0, 512)] })).toBe(-1); // after close
   });
 
   it('close is idempotent', async () => {
@@ -298,7 +304,7 @@ describe('RawFileStore, asynchronous mode', () => {
     expect(done.every(([, s]) => s === 0)).toBe(true);
     for (let i = 0; i < n; i++) expect(rpages[i]).toEqual(srcs[i]);
     expect(store.counters).toEqual({
-      reads: n, writes: n, flushes: 1, bytesRead: n * PAGE, bytesWritten: n * PAGE, errors: 0,
+      reads: n, writes: n, flushes: 1, discards: 0, bytesRead: n * PAGE, bytesWritten: n * PAGE, bytesDiscarded: 0, errors: 0,
     });
     await store.close();
   });
@@ -371,7 +377,9 @@ describe('MemoryStore', () => {
     expect(store.submit({ id: 3, op: 'flush', offset: 0, iov: [] })).toBe(0);
     // The partial last sector is not addressable.
     expect(store.submit({ id: 4, op: 'read', offset: 1024 * 1024, iov: [q.subarray(0, 512)] })).toBe(-1);
-    expect(store.counters).toEqual({ reads: 2, writes: 1, flushes: 1, bytesRead: 1536, bytesWritten: 1536, errors: 1 });
+    expect(store.counters).toEqual({
+      reads: 2, writes: 1, flushes: 1, discards: 0, bytesRead: 1536, bytesWritten: 1536, bytesDiscarded: 0, errors: 1,
+    });
     await store.close();
   });
 

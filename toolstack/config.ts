@@ -354,6 +354,7 @@ function wantInt(s: Setting, what: string, min: number): number {
  *   `sector-size=512|4096`;
  * - the store: `store=raw|cow|module` (default raw), `base=PATH` (cow: the read-only
  *   base image; the target is the overlay), `module=PATH` (a user's store module),
+ *   `direct=1` (raw: O_DIRECT through an aligned bounce pool),
  *   and wrappers `latency-us=N` (µs), `error-rate=0..1` with `error-seed=N`,
  *   `trace=PATH` (JSON lines).
  *
@@ -485,7 +486,7 @@ function parseDiskSpecOrThrow(spec: string, baseDir: string): DiskSpec {
 const EXTRA_KEYS = new Set([
   'max-indirect-segments', 'persistent', 'max-ring-page-order', 'max-queues', 'barrier', 'flush',
   'discard', 'sector-size',
-  'store', 'base', 'module', 'latency-us', 'error-rate', 'error-seed', 'trace',
+  'store', 'base', 'module', 'direct', 'latency-us', 'error-rate', 'error-seed', 'trace',
 ]);
 
 /** Applies one of {@link EXTRA_KEYS}; throws `bad(...)` for a value out of range. */
@@ -526,6 +527,7 @@ function applyExtraKey(
     }
     case 'base': store.base = path(); break;
     case 'module': store.module = path(); break;
+    case 'direct': store.direct = bool(); break;
     case 'latency-us': store.latencyUs = int(0, 10_000_000); break;
     case 'error-rate': {
       const r = Number(v);

@@ -15,7 +15,8 @@ import { XenbusState } from '../xenstore/xenbus.ts';
 import { consoleDom0Ends } from '../rings/console-ring.ts';
 import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
-import { RawFileStore } from '../blkback/raw-file-store.ts';
+import { openStore } from '../blkback/open-store.ts';
+import type { StoreSpec } from '../blkback/storage.ts';
 import type { BlkbackFeatures } from '../blkback/features.ts';
 
 /** A command from the toolstack to dom0. */
@@ -23,7 +24,7 @@ export type Dom0Request =
   | { type: 'introduce'; reqId: number; domid: number; name: string; storePort: number; consolePort: number }
   | {
     type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean;
-    features?: Partial<BlkbackFeatures>; initWaitDelayMs?: number; asyncStore?: boolean;
+    features?: Partial<BlkbackFeatures>; store?: StoreSpec; initWaitDelayMs?: number; asyncStore?: boolean;
   }
   | { type: 'resizeDisk'; reqId: number; domid: number; vdev: string; sizeBytes: number }
   | { type: 'release'; reqId: number; domid: number }
@@ -126,7 +127,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const g = guests.get(r.domid);
     if (!g) throw new Error(`dom${r.domid} is not introduced`);
     // The asynchronous mode completes through libuv by request id, possibly out of order.
-    const store = RawFileStore.open(r.path, { readOnly: r.readOnly, sync: !r.asyncStore });
+    const store = await openStore({ path: r.path, readOnly: r.readOnly, store: r.store }, { domid: r.domid, sync: !r.asyncStore });
     const be = `/local/domain/0/backend/vbd/${r.domid}/${r.virtualDevice}`;
     const fe = `/local/domain/${r.domid}/device/vbd/${r.virtualDevice}`;
     // The toolstack's part of the handshake: both directories, both Initialising.

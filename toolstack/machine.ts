@@ -278,7 +278,7 @@ export class Machine {
       for (const d of spec.disks ?? []) {
         await this.dom0Request({
           type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly,
-          features: d.features, initWaitDelayMs: spec.initWaitDelayMs, asyncStore: spec.asyncStore,
+          features: d.features, store: d.store, initWaitDelayMs: spec.initWaitDelayMs, asyncStore: spec.asyncStore,
         });
       }
     } catch (e) {
