@@ -21,7 +21,8 @@
  * Persistent grants (`feature-persistent` on both ends): mappings stay in a cache of
  * at most {@link PERSISTENT_GRANTS_MAX} per ring, least recently used evicted first
  * (Linux keeps 1056 per ring and purges LRU-style); a grant that is already in use by
- * a request in flight is refused, as Linux refuses it. `WRITE_BARRIER` waits until
+ * a request in flight is refused (Linux logs "requesting a grant already in use" and
+ * maps it once more for that request; pvio answers BLKIF_RSP_ERROR). `WRITE_BARRIER` waits until
  * every earlier request has completed, runs alone (write, then flush), and later
  * requests wait for it.
  *
@@ -240,8 +241,11 @@ export interface BlkbackRingOptions {
   readonly persistent: boolean;
   /** Most persistent grants kept mapped (default {@link PERSISTENT_GRANTS_MAX}). */
   readonly persistentMax?: number;
-  /** Called once when the frontend broke the protocol (the ring is then dead). */
-  readonly onProtocolError: (e: ProtocolError) => void;
+  /**
+   * Called once when the ring is disabled: the frontend broke the protocol
+   * (a ProtocolError), or serving it failed otherwise (a store or blkback fault).
+   */
+  readonly onRingError: (e: Error) => void;
   /** Asks for another pass (a parked barrier can go on). */
   readonly kick: () => void;
 }
@@ -309,12 +313,11 @@ export class BlkbackRing {
     try {
       return this.pass();
     } catch (e) {
-      if (e instanceof ProtocolError) {
-        this.dead = true;
-        this.opts.onProtocolError(e);
-        return false;
-      }
-      throw e;
+      // A protocol error costs the frontend its ring; so does a fault of the store or of
+      // blkback itself, which must not take the domain (and every other disk) down.
+      this.dead = true;
+      this.opts.onRingError(e instanceof Error ? e : new Error(String(e)));
+      return false;
     } finally {
       this.flushUnmaps();
     }
@@ -358,7 +361,9 @@ export class BlkbackRing {
     for (let i = 0; i < n; i++) this.dispatch(this.slots[i]);
     this.flushUnmaps();
     this.push();
-    if (this.parked) return false; // resumed by the completion that empties the ring's in-flight set
+    // A parked barrier goes on once nothing is in flight: at once when the store answered
+    // the batch synchronously (another pass), else from the completion that empties the set.
+    if (this.parked) return this.inflight.size === 0;
     return ring.finalCheckForRequests();
   }
 

@@ -32,7 +32,7 @@
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/xenbus.c
  */
-import { PvioError, type ProtocolError } from '../rings/errors.ts';
+import { PvioError, ProtocolError } from '../rings/errors.ts';
 import { blkifAbi, VDISK_READONLY, SECTOR_SIZE, XEN_IO_PROTO_ABI_X86_32, type BlkifProtocol } from '../rings/blkif.ts';
 import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
 import { blkbackFeatures, type BlkbackFeatures } from './features.ts';
@@ -271,9 +271,10 @@ export class BlkbackDevice {
     const ring: BlkbackRing = new BlkbackRing({
       frontDomid: domid, ringMem: mem, port, abi, mux: this.mux, sectors: this.sectors,
       readOnly: this.opts.readOnly, features: this.features, persistent,
-      onProtocolError: (e: ProtocolError) => {
+      onRingError: (e: Error) => {
         this.protocolError = e.message;
-        this.k.console.log(`blkback ${this.opts.name}: frontend dom${domid} broke the protocol, ring disabled: ${e.message}`);
+        const why = e instanceof ProtocolError ? `frontend dom${domid} broke the protocol` : 'serving the ring failed';
+        this.k.console.log(`blkback ${this.opts.name}: ${why}, ring disabled: ${e.message}`);
       },
       kick: () => this.sched.kick(ring),
     }, this.k.evtchn, this.k.gnttab);

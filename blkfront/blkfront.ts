@@ -184,6 +184,8 @@ export class BlkfrontRing {
   private readonly seg: BlkifSegment = { gref: 0, firstSect: 0, lastSect: 0 };
   private broken: Error | null = null;
   private inFlight = 0;
+  /** Called once when this queue is disabled (BlkfrontIo disables the disk's other queues). */
+  onDisable: ((e: Error) => void) | null = null;
 
   constructor(
     readonly opts: BlkfrontRingOptions,
@@ -467,6 +469,7 @@ export class BlkfrontRing {
     }
     this.inFlight = 0;
     for (const q of this.queue.splice(0)) q.done(-1);
+    this.onDisable?.(e);
   }
 
   /**
@@ -494,6 +497,9 @@ export class BlkfrontIo {
   private next = 0;
   constructor(readonly info: BlkfrontDiskInfo, readonly rings: readonly BlkfrontRing[]) {
     invariant(rings.length >= 1, 'blkfront: no queue');
+    // A broken peer breaks the disk, not one queue (Linux marks the device BLKIF_STATE_ERROR):
+    // I/O in flight on the other queues fails too instead of waiting on that backend.
+    for (const r of rings) r.onDisable = (e) => this.disable(e);
   }
 
   /** The first error that disabled a queue (the device is then broken), if any. */

@@ -18,6 +18,7 @@ export default function main(k: Kernel): Promise<unknown> {
   const pages = new Map<number, GuestPage>();
   const mapped = new Map<number, Uint8Array>();
   const counts = new Map<number, number>();
+  const loops = new Map<string, { completed: number; errors: number; lastError: string; stop: boolean }>();
   const ctl = k.control!;
   let finish!: (v: unknown) => void;
   let fail!: (e: Error) => void;
@@ -211,6 +212,37 @@ export default function main(k: Kernel): Promise<unknown> {
       };
       void loop().catch(() => undefined);
       return d.inFlight;
+    },
+    // Reads 4 KiB at a time, `parallel` readers in a loop, counting completions, so a
+    // test can watch this disk keep serving while another guest misbehaves.
+    readLoop: (a) => {
+      const d = disk(a.name);
+      const c = { completed: 0, errors: 0, lastError: '', stop: false };
+      loops.set(a.name, c);
+      const span = Math.max(1, d.sectors - 8);
+      const reader = async (r: number) => {
+        for (let i = r; !c.stop; i += 7) {
+          try {
+            await d.read((i * 8) % span, 8);
+            c.completed++;
+          } catch (e) {
+            c.errors++;
+            c.lastError = (e as Error).message;
+            await new Promise((res) => setTimeout(res, 10));
+          }
+        }
+      };
+      for (let r = 0; r < (a.parallel ?? 4); r++) void reader(r);
+      return true;
+    },
+    readLoopCount: (a) => {
+      const c = loops.get(a.name);
+      return c ? { completed: c.completed, errors: c.errors, lastError: c.lastError } : null;
+    },
+    readLoopStop: (a) => {
+      const c = loops.get(a.name);
+      if (c) c.stop = true;
+      return c?.completed ?? 0;
     },
     inFlight: (a) => disk(a.name).inFlight,
     exit: (a) => finish(a.value ?? null),
