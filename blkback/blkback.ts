@@ -32,7 +32,7 @@
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/blkback.c
  */
-import { ProtocolError, InvariantError } from '../rings/errors.ts';
+import { InvariantError } from '../rings/errors.ts';
 import { BackRing } from '../rings/ring.ts';
 import {
   BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
@@ -96,6 +96,8 @@ interface PersistentGrant {
   page: Uint8Array;
   /** Requests in flight using it (0 or 1: a second use while active is refused). */
   active: number;
+  /** The one {@link Mapping} handed to every request that uses it. */
+  mapping: Mapping;
 }
 
 /**
@@ -177,6 +179,23 @@ function newSlot(): Slot {
   };
 }
 
+/** Grants wanted by a pass: (slot, index in the slot, gref) triples in parallel arrays. */
+class GrantList {
+  n = 0;
+  readonly slots: Slot[] = [];
+  readonly idx: number[] = [];
+  readonly refs: number[] = [];
+  add(s: Slot, i: number, ref: number): void {
+    this.slots[this.n] = s;
+    this.idx[this.n] = i;
+    this.refs[this.n] = ref;
+    this.n++;
+  }
+  clear(): void {
+    this.n = 0;
+  }
+}
+
 /** A request in flight between the ring and the store. */
 interface InFlight {
   /** blkback's id for the store (changes when a barrier moves on to its flush). */
@@ -216,9 +235,9 @@ export class StoreMux {
 
   /** Submits `req` for `ring`; a pending answer comes back through `ring.completeAsync`. */
   submit(ring: BlkbackRing, req: StorageRequest): StorageSubmitResult {
-    this.owner.set(req.id, ring);
     const st = this.store.submit(req);
-    if (st !== STORAGE_PENDING) this.owner.delete(req.id);
+    // The store never completes from inside submit, so the owner can be noted after.
+    if (st === STORAGE_PENDING) this.owner.set(req.id, ring);
     return st;
   }
 }
@@ -260,6 +279,8 @@ export class BlkbackRing {
   private readonly slots: Slot[] = Array.from({ length: MAX_BATCH }, newSlot);
   private readonly cache: PersistentGrantCache | null;
   private readonly inflight = new Map<number, InFlight>();
+  /** Grants to resolve in one {@link mapInto}, reused pass after pass. */
+  private readonly want = new GrantList();
   /** Handles to unmap at the end of the pass (or at once, from an async completion). */
   private readonly unmapLater: GrantHandle[] = [];
   /** A barrier copied off the ring while earlier requests were outstanding. */
@@ -436,15 +457,15 @@ export class BlkbackRing {
 
   /** Maps the batch's indirect pages, copies each descriptor out once, lets the pages go. */
   private mapIndirect(n: number): void {
-    const want: Array<{ s: Slot; i: number; ref: number }> = [];
+    const w = this.want;
     for (let k = 0; k < n; k++) {
       const s = this.slots[k];
       if (s.op !== BLKIF_OP_INDIRECT || s.status !== BLKIF_RSP_OKAY) continue;
       const pages = Math.ceil(s.nseg / BLKIF_SEGS_PER_INDIRECT_FRAME);
-      for (let i = 0; i < pages; i++) want.push({ s, i, ref: s.ind.indirectGrefs[i] });
+      for (let i = 0; i < pages; i++) w.add(s, i, s.ind.indirectGrefs[i]);
     }
-    if (want.length === 0) return;
-    this.mapInto(want, true, (w, m) => { w.s.indMaps[w.i] = m; });
+    if (w.n === 0) return;
+    this.mapInto(true);
     for (let k = 0; k < n; k++) {
       const s = this.slots[k];
       if (s.op !== BLKIF_OP_INDIRECT || s.status !== BLKIF_RSP_OKAY) continue;
@@ -491,14 +512,14 @@ export class BlkbackRing {
   // ---- step 3: grants ------------------------------------------------------------
 
   private mapData(n: number): void {
-    const want: Array<{ s: Slot; i: number; ref: number }> = [];
+    const w = this.want;
     for (let k = 0; k < n; k++) {
       const s = this.slots[k];
       if (s.status !== BLKIF_RSP_OKAY) continue;
-      for (let i = 0; i < s.nseg; i++) want.push({ s, i, ref: s.segs[i].gref });
+      for (let i = 0; i < s.nseg; i++) w.add(s, i, s.segs[i].gref);
     }
-    if (want.length === 0) return;
-    this.mapInto(want, false, (w, m) => { w.s.maps[w.i] = m; });
+    if (w.n === 0) return;
+    this.mapInto(false);
     for (let k = 0; k < n; k++) {
       const s = this.slots[k];
       if (s.status !== BLKIF_RSP_OKAY) continue;
@@ -512,58 +533,70 @@ export class BlkbackRing {
   }
 
   /**
-   * Resolves grants: persistent cache hits at once, misses (and every grant without
-   * persistent grants) in one batched map. A grant already in use by a request in
-   * flight, or twice in this batch, is refused when persistent (null).
-   * Without persistent grants, `indirect` pages and WRITE data pages are mapped
+   * Resolves the grants collected in {@link want} into the slots' `indMaps`
+   * (`indirect`) or `maps`: persistent cache hits at once, misses (and every grant
+   * without persistent grants) in one batched map. A grant already in use by a
+   * request in flight, or twice in this batch, is refused when persistent (null).
+   * Without persistent grants, indirect pages and WRITE data pages are mapped
    * read-only and READ data pages writable; persistent grants are mapped writable.
    */
-  private mapInto<W extends { s: Slot; i: number; ref: number }>(want: W[], indirect: boolean, put: (w: W, m: Mapping | null) => void): void {
+  private mapInto(indirect: boolean): void {
     const cache = this.cache;
+    const w = this.want;
     const maps: MapRequest[] = [];
-    const missing: W[] = [];
-    const pending = cache ? new Set<number>() : null;
-    for (const w of want) {
+    const missing: number[] = [];
+    let pending: Set<number> | null = null;
+    for (let j = 0; j < w.n; j++) {
+      const ref = w.refs[j];
+      const into = indirect ? w.slots[j].indMaps : w.slots[j].maps;
       if (cache) {
-        const g = cache.get(w.ref);
-        if (g || pending!.has(w.ref)) {
-          if (!g || g.active > 0) {
-            put(w, null); // "requesting a grant already in use"
+        const g = cache.get(ref);
+        if (g) {
+          if (g.active > 0) into[w.idx[j]] = null; // "requesting a grant already in use"
+          else {
+            g.active++;
+            this.counters.persistentHits++;
+            into[w.idx[j]] = g.mapping;
+          }
+          continue;
+        }
+        pending ??= new Set();
+        if (pending.has(ref)) {
+          into[w.idx[j]] = null; // twice in this batch
+          continue;
+        }
+        pending.add(ref);
+      }
+      maps.push({ domid: this.opts.frontDomid, ref: ref as GrantRef, readonly: !cache && (indirect || w.slots[j].rspOp !== BLKIF_OP_READ) });
+      missing.push(j);
+    }
+    if (maps.length > 0) {
+      const res = this.gnttab.map(maps);
+      this.counters.mapHypercalls++;
+      this.counters.grantMaps += maps.length;
+      for (let i = 0; i < res.length; i++) {
+        const m = res[i];
+        const j = missing[i];
+        const into = indirect ? w.slots[j].indMaps : w.slots[j].maps;
+        if (m.status !== GNTST.okay) {
+          into[w.idx[j]] = null;
+          continue;
+        }
+        const page = m.page!;
+        if (cache) {
+          const g: PersistentGrant = { ref: w.refs[j], handle: m.handle, page, active: 1, mapping: null! };
+          g.mapping = { page, handle: null, persistent: g };
+          const before = this.unmapLater.length;
+          if (cache.add(g, this.unmapLater)) {
+            this.counters.persistentEvictions += this.unmapLater.length - before;
+            into[w.idx[j]] = g.mapping;
             continue;
           }
-          g.active++;
-          this.counters.persistentHits++;
-          put(w, { page: g.page, handle: null, persistent: g });
-          continue;
         }
-        pending!.add(w.ref);
+        into[w.idx[j]] = { page, handle: m.handle, persistent: null };
       }
-      maps.push({ domid: this.opts.frontDomid, ref: w.ref as GrantRef, readonly: !cache && (indirect || w.s.rspOp !== BLKIF_OP_READ) });
-      missing.push(w);
     }
-    if (maps.length === 0) return;
-    const res = this.gnttab.map(maps);
-    this.counters.mapHypercalls++;
-    this.counters.grantMaps += maps.length;
-    for (let i = 0; i < res.length; i++) {
-      const m = res[i];
-      const w = missing[i];
-      if (m.status !== GNTST.okay) {
-        put(w, null);
-        continue;
-      }
-      const page = m.page!;
-      if (cache) {
-        const g: PersistentGrant = { ref: w.ref, handle: m.handle, page, active: 1 };
-        const before = this.unmapLater.length;
-        if (cache.add(g, this.unmapLater)) {
-          this.counters.persistentEvictions += this.unmapLater.length - before;
-          put(w, { page, handle: null, persistent: g });
-          continue;
-        }
-      }
-      put(w, { page, handle: m.handle, persistent: null });
-    }
+    w.clear();
   }
 
   /** Lets a request's page go: idle again in the cache, or unmapped at the end of the pass. */
@@ -622,11 +655,9 @@ export class BlkbackRing {
   }
 
   private submit(f: InFlight, req: StorageRequest): void {
-    this.inflight.set(f.id, f);
     const st = this.opts.mux.submit(this, req);
-    if (st === STORAGE_PENDING) return;
-    this.inflight.delete(f.id);
-    this.finish(f, st);
+    if (st === STORAGE_PENDING) this.inflight.set(f.id, f);
+    else this.finish(f, st);
   }
 
   /** A store request of `f` completed with `st`: go on to a barrier's flush, or respond. */
