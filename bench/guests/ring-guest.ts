@@ -22,6 +22,7 @@ import type { Kernel } from '../../hypervisor/kernel.ts';
 import type { EvtchnPort, GrantHandle, GrantRef } from '../../hypervisor/abi.ts';
 import type { WaitMode } from '../../event-channel/evtchn.ts';
 import { FrontRing, BackRing } from '../../rings/ring.ts';
+import { serveCalls } from '../../toolstack/guest-calls.ts';
 import {
   BLKIF_OP_READ, BLKIF_REQUEST, BLKIF_RESPONSE, BLKIF_RING_ENTRY_SIZE, readBlkifRequest, readBlkifResponse, writeBlkifRequest,
   writeBlkifResponse, type BlkifRequest, type BlkifResponse,
@@ -394,18 +395,7 @@ export default function main(k: Kernel): Promise<unknown> {
     exit: () => finish(null),
   };
 
-  ctl.on('message', (m: { type: string; id: number; op: string; args: unknown }) => {
-    if (m?.type !== 'call') return;
-    // Runs are synchronous: the reply goes out when the loop ends.
-    setImmediate(() => {
-      try {
-        const f = ops[m.op];
-        if (!f) throw new Error(`unknown op ${m.op}`);
-        ctl.postMessage({ type: 'reply', id: m.id, ok: true, value: f(m.args ?? {}) });
-      } catch (e) {
-        ctl.postMessage({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
-      }
-    });
-  });
+  // Runs are synchronous: the reply goes out when the loop ends.
+  serveCalls(ctl, ops);
   return done;
 }

@@ -27,6 +27,7 @@ import {
   XEN_IO_PROTO_ABI_X86_64,
 } from '../../rings/blkif.ts';
 import { XenbusState, waitForState } from '../../xenstore/xenbus.ts';
+import { serveCalls } from '../../toolstack/guest-calls.ts';
 
 /** A u64 field: a number below 2^53, or its two u32 halves (to write anything at all). */
 export type U64 = number | { hi: number; lo: number };
@@ -436,17 +437,6 @@ export default function main(k: Kernel): Promise<unknown> {
     exit: (a) => finish(a.value ?? null),
   };
 
-  ctl.on('message', (m: { type: string; id: number; op: string; args: Args }) => {
-    if (m?.type !== 'call') return;
-    void (async () => {
-      try {
-        const f = ops[m.op];
-        if (!f) throw new Error(`unknown op ${m.op}`);
-        ctl.postMessage({ type: 'reply', id: m.id, ok: true, value: await f(m.args ?? {}) });
-      } catch (e) {
-        ctl.postMessage({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
-      }
-    })();
-  });
+  serveCalls(ctl, ops);
   return done;
 }

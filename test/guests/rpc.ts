@@ -11,6 +11,7 @@ import type { GuestPage } from '../../hypervisor/guest-memory.ts';
 import type { EvtchnPort, GrantHandle, GrantRef } from '../../hypervisor/abi.ts';
 import type { Blkfront } from '../../blkfront/xenbus.ts';
 import type { CopyRequest } from '../../grant-table/gnttab.ts';
+import { serveCalls } from '../../toolstack/guest-calls.ts';
 
 type Args = Record<string, unknown> & { [k: string]: any };
 
@@ -249,17 +250,6 @@ export default function main(k: Kernel): Promise<unknown> {
     crash: (a) => void setImmediate(() => fail(new Error(a.message ?? 'guest crashed on purpose'))),
   };
 
-  ctl.on('message', (m: { type: string; id: number; op: string; args: Args }) => {
-    if (m?.type !== 'call') return;
-    void (async () => {
-      try {
-        const f = ops[m.op];
-        if (!f) throw new Error(`unknown op ${m.op}`);
-        ctl.postMessage({ type: 'reply', id: m.id, ok: true, value: await f(m.args ?? {}) });
-      } catch (e) {
-        ctl.postMessage({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
-      }
-    })();
-  });
+  serveCalls(ctl, ops);
   return done;
 }
