@@ -3,23 +3,18 @@
 // barrier, a 4096-byte sector size, resize — on by default, and each switched off
 // per disk in the disk spec.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, writeFileSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine } from '../toolstack/machine.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
-import { rpcGuest, eventually, guestPath } from './helpers.ts';
+import { rpcGuest, eventually, guestPath, randomImage, sha256 } from './helpers.ts';
 import { XOR_KEY } from './fixtures/xor-store.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pvio-blkf-'));
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-function image(name: string, bytes: number): { path: string; data: Buffer } {
-  const data = randomBytes(bytes);
-  const path = join(dir, name);
-  writeFileSync(path, data);
-  return { path, data };
-}
+const sha = sha256;
+const image = (name: string, bytes: number) => randomImage(dir, name, bytes);
 type Io = { sha?: string; error?: string; status?: number };
 type Info = {
   sectors: number; sectorSize: number;

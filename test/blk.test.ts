@@ -3,23 +3,17 @@
 // real file, a read-only attachment, orderly teardown, a domU that crashes or is
 // destroyed mid-I/O, XenStore permissions between domUs, and the handle audit.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine } from '../toolstack/machine.ts';
 import { SHUTDOWN } from '../hypervisor/abi.ts';
 import { XenbusState } from '../xenstore/xenbus.ts';
-import { rpcGuest, eventually, domainInfo } from './helpers.ts';
+import { rpcGuest, eventually, domainInfo, randomImage, sha256 } from './helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pvio-blk-'));
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-function image(name: string, bytes: number): { path: string; data: Buffer } {
-  const data = randomBytes(bytes);
-  const path = join(dir, name);
-  writeFileSync(path, data);
-  return { path, data };
-}
+const sha = sha256;
+const image = (name: string, bytes: number) => randomImage(dir, name, bytes);
 const disk = (path: string, vdev: string, readOnly: boolean) => ({
   path, vdev, readOnly, virtualDevice: (202 << 8) | ((vdev.charCodeAt(3) - 97) << 4),
 });

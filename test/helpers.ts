@@ -1,5 +1,8 @@
 // Shared helpers for tests that boot a machine with real worker domains.
 import { fileURLToPath } from 'node:url';
+import { createHash, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Machine, type GuestHandle, type GuestSpec } from '../toolstack/machine.ts';
 
 /** Path of a test guest module in test/guests/. */
@@ -27,4 +30,17 @@ export async function eventually<T>(fn: () => Promise<T> | T, ms = 10_000, what 
 export async function domainInfo(m: Machine, domid: number): Promise<{ state: string; mappings: number; ports: number } | undefined> {
   const s = (await m.hypervisorStats()) as { domains: Array<{ domid: number; state: string; mappings: number; ports: number }> };
   return s.domains.find((d) => d.domid === domid);
+}
+
+/** SHA-256 of `b`, hex. */
+export function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** Writes a disk image of `bytes` random bytes as `dir/name`. @returns its path and contents. */
+export function randomImage(dir: string, name: string, bytes: number): { path: string; data: Buffer } {
+  const data = randomBytes(bytes);
+  const path = join(dir, name);
+  writeFileSync(path, data);
+  return { path, data };
 }

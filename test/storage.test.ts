@@ -13,26 +13,13 @@ import { join } from 'node:path';
 import { InvariantError, PvioError } from '../rings/errors.ts';
 import {
   checkStorageRequest, SECTOR_SIZE, STORAGE_PENDING, StorageError,
-  type StorageBackend, type StorageRequest, type StorageStatus,
+  type StorageRequest, type StorageStatus,
 } from '../blkback/storage.ts';
 import { RawFileStore } from '../blkback/raw-file-store.ts';
 import { MemoryStore } from '../blkback/memory-store.ts';
+import { completions, page, pattern, sameBytes } from './fixtures/storage-helpers.ts';
 
 const PAGE = 4096;
-
-/** One grantable page as blkback would map it: its own SharedArrayBuffer. */
-function page(fill = 0): Uint8Array {
-  const p = new Uint8Array(new SharedArrayBuffer(PAGE));
-  if (fill) p.fill(fill);
-  return p;
-}
-
-/** Deterministic bytes that differ per position and per seed. */
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed * 7 + (i >> 9)) & 0xff;
-  return b;
-}
 
 function concat(iov: readonly Uint8Array[]): Uint8Array {
   const total = iov.reduce((n, v) => n + v.byteLength, 0);
@@ -43,25 +30,6 @@ function concat(iov: readonly Uint8Array[]): Uint8Array {
     pos += v.byteLength;
   }
   return out;
-}
-
-/** Byte equality for large arrays (vitest's deep equality walks them element by element). */
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-}
-
-/** Records completions and lets a test await a number of them. */
-function completions(store: StorageBackend) {
-  const done: Array<[number, StorageStatus]> = [];
-  store.setCompletionHandler((id, status) => { done.push([id, status]); });
-  const waitFor = async (n: number, timeoutMs = 5000): Promise<void> => {
-    const deadline = Date.now() + timeoutMs;
-    while (done.length < n) {
-      if (Date.now() > deadline) throw new Error(`only ${done.length} of ${n} completions arrived`);
-      await new Promise((r) => setTimeout(r, 1));
-    }
-  };
-  return { done, waitFor };
 }
 
 let dir: string;
