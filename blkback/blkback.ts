@@ -48,6 +48,8 @@ import type { BlkbackFeatures } from './features.ts';
 
 /** Most requests taken from one ring in one pass. */
 export const MAX_BATCH = 32;
+/** A pass pushes the responses it has made once a slow store has kept them this long (ms). */
+const PUSH_AFTER_MS = 0.05;
 /** Most persistent grants one ring keeps mapped (Linux's `xen_blkif_max_pgrants` default). */
 export const PERSISTENT_GRANTS_MAX = 1056;
 
@@ -379,7 +381,17 @@ export class BlkbackRing {
     this.mapIndirect(n);
     for (let i = 0; i < n; i++) this.validate(this.slots[i]);
     this.mapData(n);
-    for (let i = 0; i < n; i++) this.dispatch(this.slots[i]);
+    // Responses go out at the end of the pass, or as soon as a slow store has kept them
+    // waiting PUSH_AFTER_MS (Linux pushes after every response).
+    let pushed = performance.now();
+    for (let i = 0; i < n; i++) {
+      this.dispatch(this.slots[i]);
+      const now = performance.now();
+      if (now - pushed > PUSH_AFTER_MS && i < n - 1) {
+        this.push();
+        pushed = now;
+      }
+    }
     this.flushUnmaps();
     this.push();
     // A parked barrier goes on once nothing is in flight: at once when the store answered
@@ -692,13 +704,23 @@ export class BlkbackRing {
     if (!f) throw new InvariantError(`store completed unknown request ${id}`);
     this.inflight.delete(id);
     this.finish(f, status);
-    this.flushUnmaps();
-    if (!this.dead && !this.closing) this.push();
+    // Completions that arrive in the same event-loop turn share one unmap and one push.
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushCompletions);
+    }
     if (this.inflight.size === 0) {
       if (this.drained) this.drained();
       else if ((this.parked || f.op === BLKIF_OP_WRITE_BARRIER) && !this.dead && !this.closing) this.opts.kick();
     }
   }
+
+  private flushScheduled = false;
+  private readonly flushCompletions = (): void => {
+    this.flushScheduled = false;
+    this.flushUnmaps();
+    if (!this.dead && !this.closing) this.push();
+  };
 
   private respond(id: number, operation: number, status: number): void {
     if (status !== BLKIF_RSP_OKAY) this.counters.errors++;

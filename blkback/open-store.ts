@@ -5,7 +5,8 @@
  * `error-seed=`, `trace=`).
  *
  * The inner store is, by `spec.type`:
- * - `'raw'` (default, also with no spec): `RawFileStore` over the target file;
+ * - `'raw'` (default, also with no spec): `RawFileStore` over the target file, or with
+ *   `direct` a `DirectFileStore` (O_DIRECT through an aligned bounce pool);
  * - `'cow'`: `CowStore`, the target being the overlay over the read-only `base`;
  * - `'module'`: whatever the default export of the module `module` returns
  *   ({@link StoreModule}: called with `{ path, readOnly }`).
@@ -19,6 +20,7 @@
 import { pathToFileURL } from 'node:url';
 import { CowStore } from './cow-store.ts';
 import { RawFileStore } from './raw-file-store.ts';
+import { DirectFileStore } from './direct-file-store.ts';
 import { ErrorStore, LatencyStore, TraceStore } from './store-wrappers.ts';
 import { StorageError, type StorageBackend, type StoreModule, type StoreSpec } from './storage.ts';
 
@@ -73,6 +75,7 @@ function invalid(path: string, message: string): StorageError {
 async function openInner(disk: StoreDisk, spec: StoreSpec, ctx: StoreContext): Promise<StorageBackend> {
   switch (spec.type) {
     case 'raw':
+      if (spec.direct) return DirectFileStore.open(disk.path, { readOnly: disk.readOnly, sync: ctx.sync });
       return RawFileStore.open(disk.path, { readOnly: disk.readOnly, sync: ctx.sync });
     case 'cow':
       if (spec.base === undefined) throw invalid(disk.path, 'store=cow needs base=PATH');

@@ -29,6 +29,8 @@ import { consoleGuestEnds } from '../rings/console-ring.ts';
 const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
 /** Spin iterations in the idle loop after recent events (~20 µs). */
 const IDLE_SPIN_ITERATIONS = 4000;
+/** While events keep arriving, the idle loop yields to macrotasks at least this often (ms). */
+const MACROTASK_TURN_MS = 0.25;
 
 /** The guest's console: text written here goes through the console ring to dom0. */
 export interface GuestConsole {
@@ -197,6 +199,7 @@ export class Kernel {
     if (this.idleDone) return this.idleDone;
     this.idleDone = (async () => {
       let recent = false;
+      let lastTurn = performance.now();
       while (!this.stopped) {
         const seen = Atomics.load(this.wake, I_WAKE);
         this.counters.passes++;
@@ -210,8 +213,14 @@ export class Kernel {
         }
         if (work > 0) {
           recent = true;
-          // Let promise continuations of the handlers run before the next pass.
-          await Promise.resolve();
+          // Let promise continuations of the handlers run before the next pass; and while
+          // events keep coming, give macrotasks (I/O callbacks, timers) a turn now and then.
+          if (performance.now() - lastTurn > MACROTASK_TURN_MS) {
+            await new Promise((r) => setImmediate(r));
+            lastTurn = performance.now();
+          } else {
+            await Promise.resolve();
+          }
           continue;
         }
         if (recent && this.spin.spinWhileEqual(this.wake, I_WAKE, seen, IDLE_SPIN_ITERATIONS)) {
@@ -223,6 +232,7 @@ export class Kernel {
         if (w.async) await w.value;
         // Macrotasks (timers, I/O callbacks) get a turn between passes.
         await new Promise((r) => setImmediate(r));
+        lastTurn = performance.now();
         this.counters.wakeups++;
       }
     })();

@@ -24,6 +24,8 @@ Usage:
                                127.0.0.1:PORT through the PV path until Ctrl-C/SIGTERM
   pvio bench ring [options]    the ring benchmark: pvio against a minimal ring, MessagePort
                                and ringbuf.js (--json FILE, --svg FILE, --quick; see bench/README.md)
+  pvio bench blk [options]     the disk benchmark: pvio's virtual disk against readSync,
+                               FileHandle and fio over NBD (--json FILE, --svg FILE, --quick)
   pvio help                    show this help
   pvio --version               print the version
 
@@ -77,7 +79,7 @@ export interface UpCommand {
 /** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
 export interface BenchCommand {
   command: 'bench';
-  /** Which benchmark (`ring`). */
+  /** Which benchmark (`ring` or `blk`). */
   what: string;
   /** The arguments after WHAT, untouched. */
   argv: string[];
@@ -129,7 +131,10 @@ function q(s: string): string {
  */
 export function parseCli(argv: string[]): Cli {
   if (argv[0] === 'bench') {
-    if (argv[1] !== 'ring') throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring')" : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring')`);
+    if (argv[1] !== 'ring' && argv[1] !== 'blk') {
+      throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring' or 'pvio bench blk')"
+        : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring' or 'pvio bench blk')`);
+    }
     return { command: 'bench', what: argv[1], argv: argv.slice(2) };
   }
   let tokens;

@@ -134,6 +134,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd.command === 'bench') {
+    if (cmd.what === 'blk') return (await import('../bench/blk.ts')).benchBlk(cmd.argv);
     const { benchRing } = await import('../bench/ring.ts');
     return benchRing(cmd.argv);
   }
