@@ -73,6 +73,15 @@ describe('blkif features', () => {
     expect(d.persistentGrants).toBeGreaterThan(0);
     expect(d.persistentGrants).toBeLessThanOrEqual(2 * 1056);
 
+    // The cache is bounded: 16 concurrent 1 MiB reads need 16 × 257 pool pages, more
+    // than 1056 per ring; blkback evicts the least recently used and stays in bounds.
+    const big = Array.from({ length: 16 }, (_, i) => ({ op: 'read', sector: (i % 8) * 2048, count: 2048 }));
+    const bigR = (await g.call('diskIo', { name: 'xvda', ops: big })) as Io[];
+    bigR.forEach((x, i) => expect(x.sha).toBe(sha(host.subarray((i % 8) * 1048576, ((i % 8) + 1) * 1048576))));
+    d = await disk('all/xvda');
+    expect((d as Disk & { persistentEvictions: number }).persistentEvictions).toBeGreaterThan(0);
+    expect(d.persistentGrants).toBeLessThanOrEqual(2 * 1056);
+
     // Both queues carried requests.
     const q = ((await g.call('diskInfo', { name: 'xvda' })) as Info).queues;
     expect(q).toHaveLength(2);
