@@ -54,13 +54,10 @@
 import {
   closeSync, constants, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, openSync, read, readSync, write, writeSync,
 } from 'node:fs';
-import { invariant, InvariantError } from '../rings/errors.ts';
-import { probePunchHole, zeroFileRange } from './file-io.ts';
+import { FileStoreBase } from './file-store-base.ts';
 import {
-  admitStorageRequest, checkResize, iovBytes, newStorageCounters, SECTOR_SIZE, STORAGE_ERROR, STORAGE_OKAY,
-  STORAGE_PENDING, StorageError,
-  type StorageBackend, type StorageCompletionHandler, type StorageCounters, type StorageRequest,
-  type StorageStatus, type StorageSubmitResult,
+  SECTOR_SIZE, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING, StorageError,
+  type StorageRequest, type StorageStatus, type StorageSubmitResult,
 } from './storage.ts';
 
 /** Bytes of a page: the most alignment probing will need, and the slot granule. */
@@ -166,27 +163,11 @@ interface Job {
 }
 
 /** A raw image opened with O_DIRECT, bouncing through an aligned arena; see the module comment. */
-export class DirectFileStore implements StorageBackend {
-  readonly readOnly: boolean;
-  /** True for a writable store: flush is `fdatasync` on the buffered descriptor. */
-  readonly canFlush: boolean;
-  /** True when discards punch holes (writable, addon loaded, file system can). */
-  readonly canDiscard: boolean;
-  /** Equal to `canDiscard`: punched ranges read back as zeroes. */
-  readonly discardZeroes: boolean;
-  /** The file system's block size (`fstat`'s `blksize`). */
-  readonly discardGranularity: number;
-  /** True in synchronous mode. */
-  readonly sync: boolean;
-  readonly path: string;
-  readonly counters: StorageCounters = newStorageCounters();
+export class DirectFileStore extends FileStoreBase {
   readonly stats: DirectFileStoreStats;
 
   /** The O_DIRECT descriptor (data); -1 once closed. */
   #fd: number;
-  /** The buffered descriptor (fdatasync, discard, resize); -1 once closed. */
-  #meta: number;
-  #sizeBytes: number;
   readonly #slotBytes: number;
   readonly #slots: number;
   /** Bytes of one slot in the arena: slotBytes plus a block on each side for widening. */
@@ -199,27 +180,15 @@ export class DirectFileStore implements StorageBackend {
   readonly #blockSizeGiven: boolean;
   /** Arena moves since the last successful transfer ({@link DirectFileStore.#realign}). */
   #realigns = 0;
-  #done: StorageCompletionHandler | undefined;
-  readonly #inFlight = new Set<number>();
   readonly #freeSlots: number[] = [];
   readonly #waiting: Job[] = [];
   #running = 0;
   #exclusiveRunning = false;
-  #closing = false;
-  #closed: Promise<void> | undefined;
-  #drained: (() => void) | undefined;
 
   private constructor(path: string, fd: number, meta: number, sizeBytes: number, blksize: number, o: DirectFileStoreOptions) {
-    this.path = path;
+    // The buffered descriptor does fdatasync, discard and resize.
+    super({ path, metaFd: meta, sizeBytes, blockSize: blksize, readOnly: o.readOnly, sync: o.sync ?? true, discard: o.discard !== false });
     this.#fd = fd;
-    this.#meta = meta;
-    this.#sizeBytes = sizeBytes;
-    this.readOnly = o.readOnly;
-    this.canFlush = !o.readOnly;
-    this.canDiscard = !o.readOnly && o.discard !== false && probePunchHole(meta, sizeBytes, blksize);
-    this.discardZeroes = this.canDiscard;
-    this.discardGranularity = blksize;
-    this.sync = o.sync ?? true;
     this.#slotBytes = o.slotBytes ?? DIRECT_SLOT_BYTES;
     this.#slots = this.sync ? 1 : Math.max(1, o.bounceSlots ?? DIRECT_BOUNCE_SLOTS);
     this.#slotStride = this.#slotBytes + 2 * MAX_BLOCK;
@@ -228,11 +197,6 @@ export class DirectFileStore implements StorageBackend {
     this.#blockSize = o.blockSize ?? SECTOR_SIZE;
     this.#blockSizeGiven = o.blockSize !== undefined;
     this.stats = { alignedOffset: null, probes: 0, blockSize: this.#blockSize, bounceBytesIn: 0, bounceBytesOut: 0, widened: 0, slotWaits: 0 };
-  }
-
-  /** Size in bytes, from `fstat` at open and changed by {@link DirectFileStore.resize}. */
-  get sizeBytes(): number {
-    return this.#sizeBytes;
   }
 
   /**
@@ -291,7 +255,7 @@ export class DirectFileStore implements StorageBackend {
     if (!this.#arena) {
       throw new StorageError(this.path, 'EINVAL', `cannot open ${this.path}: EINVAL (no offset of the bounce buffer satisfies O_DIRECT)`);
     }
-    if (!this.#blockSizeGiven && this.#sizeBytes >= 2 * SECTOR_SIZE) {
+    if (!this.#blockSizeGiven && this.sizeBytes >= 2 * SECTOR_SIZE) {
       this.stats.probes++;
       try {
         readSync(this.#fd, this.#arena, 0, SECTOR_SIZE, SECTOR_SIZE);
@@ -380,69 +344,15 @@ export class DirectFileStore implements StorageBackend {
 
   /** After a widened write past the size (a size that is not a block multiple), cuts the file back. */
   #trimTail(end: number): void {
-    if (end > this.#sizeBytes) ftruncateSync(this.#meta, this.#sizeBytes);
-  }
-
-  // ---- StorageBackend ---------------------------------------------------------------
-
-  setCompletionHandler(done: StorageCompletionHandler): void {
-    this.#done = done;
-  }
-
-  /**
-   * Executes `req` (synchronous mode) or queues it (asynchronous mode). Answers -1
-   * for what `checkStorageRequest` refuses, an I/O error, or a submit after
-   * `close()`; -2 for an unknown op or a discard when `canDiscard` is false. A
-   * zero-length transfer, a flush of a read-only store and every discard answer at
-   * once in both modes.
-   * @throws {InvariantError} in asynchronous mode without a completion handler or for
-   *   an id already in flight (blkback's bugs).
-   */
-  submit(req: StorageRequest): StorageSubmitResult {
-    const check = admitStorageRequest(req, this, this.#closing);
-    if (check !== STORAGE_OKAY) return this.#fail(check);
-    if (req.op === 'discard') return this.#discard(req.offset, req.length!);
-    const len = req.op === 'flush' ? 0 : iovBytes(req.iov);
-    if (req.op !== 'flush' && len === 0) return STORAGE_OKAY;
-    if (req.op === 'flush' && this.readOnly) return STORAGE_OKAY;
-    return this.sync ? this.#submitSync(req, len) : this.#submitAsync(req, len);
-  }
-
-  #discard(offset: number, length: number): StorageStatus {
-    try {
-      zeroFileRange(this.#meta, offset, length, this.discardGranularity);
-    } catch {
-      return this.#fail();
-    }
-    this.counters.bytesDiscarded += length;
-    return STORAGE_OKAY;
-  }
-
-  /**
-   * Sets the file's length with `ftruncate` on the buffered descriptor.
-   * @throws {StorageError} (as a rejection) `EINVAL`, `EROFS`, `EBADF` (closed) or the system error.
-   */
-  async resize(sizeBytes: number): Promise<void> {
-    checkResize(this.path, sizeBytes, this.readOnly, this.#closing);
-    try {
-      ftruncateSync(this.#meta, sizeBytes);
-    } catch (err) {
-      throw StorageError.fromSystemError('resize', this.path, err);
-    }
-    this.#sizeBytes = sizeBytes;
-  }
-
-  #fail(status: StorageStatus = STORAGE_ERROR): StorageStatus {
-    this.counters.errors++;
-    return status;
+    if (end > this.sizeBytes) ftruncateSync(this.metaFd, this.sizeBytes);
   }
 
   // ---- synchronous mode -------------------------------------------------------------
 
-  #submitSync(req: StorageRequest, len: number): StorageStatus {
+  protected submitSync(req: StorageRequest, len: number): StorageStatus {
     try {
       if (req.op === 'flush') {
-        fdatasyncSync(this.#meta);
+        fdatasyncSync(this.metaFd);
         return STORAGE_OKAY;
       }
       this.#ready();
@@ -466,7 +376,7 @@ export class DirectFileStore implements StorageBackend {
       else this.counters.bytesWritten += len;
       return STORAGE_OKAY;
     } catch {
-      return this.#fail();
+      return this.fail();
     }
   }
 
@@ -496,27 +406,25 @@ export class DirectFileStore implements StorageBackend {
 
   // ---- asynchronous mode ------------------------------------------------------------
 
-  #submitAsync(req: StorageRequest, len: number): StorageSubmitResult {
-    invariant(this.#done !== undefined, 'DirectFileStore: asynchronous submit before setCompletionHandler');
-    if (this.#inFlight.has(req.id)) throw new InvariantError(`DirectFileStore: request id ${req.id} is already in flight`);
+  protected submitAsync(req: StorageRequest, len: number): StorageSubmitResult {
     if (req.op === 'flush') {
       const { id } = req;
       try {
-        fdatasync(this.#meta, (err) => this.#complete(id, err ? STORAGE_ERROR : STORAGE_OKAY));
+        fdatasync(this.metaFd, (err) => this.complete(id, err ? STORAGE_ERROR : STORAGE_OKAY));
       } catch {
-        return this.#fail();
+        return this.fail();
       }
-      this.#inFlight.add(id);
+      this.inFlightIds.add(id);
       return STORAGE_PENDING;
     }
     try {
       this.#ready();
     } catch {
-      return this.#fail();
+      return this.fail();
     }
     const exclusive = req.op === 'write' && this.#needsWidening(req, len);
     if (this.#needsWidening(req, len)) this.stats.widened++;
-    this.#inFlight.add(req.id);
+    this.inFlightIds.add(req.id);
     const job: Job = { req, len, done: 0, slot: -1, exclusive };
     if (this.#waiting.length > 0 || !this.#canStart(job)) {
       this.stats.slotWaits++;
@@ -618,51 +526,24 @@ export class DirectFileStore implements StorageBackend {
     this.#running--;
     if (job.exclusive) this.#exclusiveRunning = false;
     try {
-      this.#complete(job.req.id, status);
+      this.complete(job.req.id, status);
     } finally {
       this.#pump();
     }
   }
 
-  #complete(id: number, status: StorageStatus): void {
-    this.#inFlight.delete(id);
-    if (status !== STORAGE_OKAY) this.counters.errors++;
-    try {
-      this.#done!(id, status);
-    } finally {
-      if (this.#inFlight.size === 0 && this.#drained) this.#drained();
-    }
-  }
-
-  // ---- teardown ---------------------------------------------------------------------
-
-  /** Requests answered `STORAGE_PENDING` and not completed yet (waiting for a slot included). */
-  get inFlight(): number {
-    return this.#inFlight.size;
-  }
-
-  /**
-   * Refuses new requests, waits for those in flight (their completions are
-   * delivered), then closes both descriptors. Idempotent.
-   */
-  close(): Promise<void> {
-    if (this.#closed) return this.#closed;
-    this.#closing = true;
-    const drained = this.#inFlight.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => { this.#drained = resolve; });
-    this.#closed = drained.then(() => {
-      const fds = [this.#fd, this.#meta];
-      this.#fd = -1;
-      this.#meta = -1;
-      let first: unknown;
-      for (const fd of fds) {
-        try {
-          closeSync(fd);
-        } catch (err) {
-          first ??= err;
-        }
+  protected closeFiles(): void {
+    const fds = [this.#fd, this.metaFd];
+    this.#fd = -1;
+    this.metaFd = -1;
+    let first: unknown;
+    for (const fd of fds) {
+      try {
+        closeSync(fd);
+      } catch (err) {
+        first ??= err;
       }
-      if (first !== undefined) throw StorageError.fromSystemError('close', this.path, first);
-    });
-    return this.#closed;
+    }
+    if (first !== undefined) throw first;
   }
 }

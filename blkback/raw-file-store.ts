@@ -47,15 +47,11 @@ import {
   closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readv, writev,
 } from 'node:fs';
 import { dirname } from 'node:path';
-import { invariant, InvariantError } from '../rings/errors.ts';
+import { advanceIov, readFullySync, writeFullySync, zeroIov } from './file-io.ts';
+import { FileStoreBase } from './file-store-base.ts';
 import {
-  advanceIov, probePunchHole, readFullySync, writeFullySync, zeroFileRange, zeroIov,
-} from './file-io.ts';
-import {
-  admitStorageRequest, checkResize, iovBytes, newStorageCounters, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING,
-  StorageError,
-  type StorageBackend, type StorageCompletionHandler, type StorageCounters, type StorageRequest,
-  type StorageStatus, type StorageSubmitResult,
+  STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING, StorageError,
+  type StorageRequest, type StorageStatus, type StorageSubmitResult,
 } from './storage.ts';
 
 /** Options of {@link RawFileStore.open}. */
@@ -78,55 +74,13 @@ export interface RawFileStoreOptions {
  * A raw disk image file as a {@link StorageBackend}. Create with
  * {@link RawFileStore.open}; make a scratch image with {@link RawFileStore.createSparse}.
  */
-export class RawFileStore implements StorageBackend {
-  /** True when opened read-only: writes answer -1. */
-  readonly readOnly: boolean;
-  /** True for a writable store: flush is `fdatasync`, which makes completed writes durable. */
-  readonly canFlush: boolean;
-  /** True when discards punch holes (writable, addon loaded, file system can); see the module comment. */
-  readonly canDiscard: boolean;
-  /** Equal to `canDiscard`: punched ranges read back as zeroes. */
-  readonly discardZeroes: boolean;
-  /** The file system's block size in bytes (`fstat`'s `blksize`, typically 4096). */
-  readonly discardGranularity: number;
-  /** True in synchronous mode (every `submit` returns a final status). */
-  readonly sync: boolean;
-  /** The file this store was opened on (for messages). */
-  readonly path: string;
-  /** Requests by op, bytes moved, errors; see `StorageCounters`. */
-  readonly counters: StorageCounters = newStorageCounters();
-
-  /** The file descriptor; -1 once closed. */
+export class RawFileStore extends FileStoreBase {
+  /** The file descriptor (data, flush, discard and resize); -1 once closed. */
   #fd: number;
-  /** See {@link RawFileStore.sizeBytes}. */
-  #sizeBytes: number;
-  #done: StorageCompletionHandler | undefined;
-  /** Ids of requests answered `STORAGE_PENDING` and not yet completed (async mode). */
-  readonly #inFlight = new Set<number>();
-  /** Set by `close()`: later submits answer -1. */
-  #closing = false;
-  #closed: Promise<void> | undefined;
-  /** Resolves `close()`'s wait when the last in-flight request completes. */
-  #drained: (() => void) | undefined;
 
   private constructor(path: string, fd: number, sizeBytes: number, blockSize: number, options: RawFileStoreOptions) {
-    this.path = path;
+    super({ path, metaFd: fd, sizeBytes, blockSize, readOnly: options.readOnly, sync: options.sync ?? true, discard: options.discard !== false });
     this.#fd = fd;
-    this.#sizeBytes = sizeBytes;
-    this.readOnly = options.readOnly;
-    this.canFlush = !options.readOnly;
-    this.canDiscard = !options.readOnly && options.discard !== false && probePunchHole(fd, sizeBytes, blockSize);
-    this.discardZeroes = this.canDiscard;
-    this.discardGranularity = blockSize;
-    this.sync = options.sync ?? true;
-  }
-
-  /**
-   * Size of the file in bytes, taken at open and changed by {@link RawFileStore.resize};
-   * the disk exposes `floor(sizeBytes / 512)` sectors.
-   */
-  get sizeBytes(): number {
-    return this.#sizeBytes;
   }
 
   /**
@@ -185,67 +139,9 @@ export class RawFileStore implements StorageBackend {
     }
   }
 
-  /** Sets the callback for requests answered `STORAGE_PENDING` (asynchronous mode only). */
-  setCompletionHandler(done: StorageCompletionHandler): void {
-    this.#done = done;
-  }
-
-  /**
-   * Executes `req` (synchronous mode) or starts it (asynchronous mode). Answers -1
-   * for a request that fails `checkStorageRequest`, a write to a read-only store, an
-   * I/O error, or any submit after `close()`; -2 for an unknown op or a discard
-   * when `canDiscard` is false. A zero-length read, write or discard, a flush of a
-   * read-only store, and every discard answer at once in both modes.
-   * @throws {InvariantError} in asynchronous mode when no completion handler is set
-   *   or `req.id` is already in flight (blkback's bugs).
-   */
-  submit(req: StorageRequest): StorageSubmitResult {
-    const check = admitStorageRequest(req, this, this.#closing);
-    if (check !== STORAGE_OKAY) return this.#fail(check);
-    if (req.op === 'discard') return this.#discard(req.offset, req.length!);
-    const len = req.op === 'flush' ? 0 : iovBytes(req.iov);
-    if (req.op !== 'flush' && len === 0) return STORAGE_OKAY;
-    if (req.op === 'flush' && this.readOnly) return STORAGE_OKAY;
-    return this.sync ? this.#submitSync(req, len) : this.#submitAsync(req, len);
-  }
-
-  /** Punches `[offset, offset + length)` out of the file (zeroing partial blocks); see the module comment. */
-  #discard(offset: number, length: number): StorageStatus {
-    try {
-      zeroFileRange(this.#fd, offset, length, this.discardGranularity);
-    } catch {
-      return this.#fail();
-    }
-    this.counters.bytesDiscarded += length;
-    return STORAGE_OKAY;
-  }
-
-  /**
-   * Sets the file's length to `sizeBytes` with `ftruncate` (growing adds a sparse
-   * tail that reads as zeroes; shrinking drops the tail). Requests already in flight
-   * are not re-checked: a read past the new end reads zeroes.
-   * @throws {StorageError} (as a rejection) `EINVAL` for a bad size, `EROFS` when
-   *   read-only, `EBADF` after `close()`, or the system error of `ftruncate`.
-   */
-  async resize(sizeBytes: number): Promise<void> {
-    checkResize(this.path, sizeBytes, this.readOnly, this.#closing);
-    try {
-      ftruncateSync(this.#fd, sizeBytes);
-    } catch (err) {
-      throw StorageError.fromSystemError('resize', this.path, err);
-    }
-    this.#sizeBytes = sizeBytes;
-  }
-
-  /** Counts an error and returns its status (-1 by default). */
-  #fail(status: StorageStatus = STORAGE_ERROR): StorageStatus {
-    this.counters.errors++;
-    return status;
-  }
-
   // ---- synchronous mode -------------------------------------------------------------
 
-  #submitSync(req: StorageRequest, len: number): StorageStatus {
+  protected submitSync(req: StorageRequest, len: number): StorageStatus {
     try {
       if (req.op === 'read') {
         readFullySync(this.#fd, req.iov, req.offset, len);
@@ -258,26 +154,24 @@ export class RawFileStore implements StorageBackend {
       }
       return STORAGE_OKAY;
     } catch {
-      return this.#fail();
+      return this.fail();
     }
   }
 
   // ---- asynchronous mode ------------------------------------------------------------
 
-  #submitAsync(req: StorageRequest, len: number): StorageSubmitResult {
-    invariant(this.#done !== undefined, 'RawFileStore: asynchronous submit before setCompletionHandler');
-    if (this.#inFlight.has(req.id)) throw new InvariantError(`RawFileStore: request id ${req.id} is already in flight`);
+  protected submitAsync(req: StorageRequest, len: number): StorageSubmitResult {
     const { id } = req;
-    this.#inFlight.add(id);
+    this.inFlightIds.add(id);
     try {
       // The first call is issued here so that a synchronous throw (argument
       // validation inside node:fs) is answered -1 by submit, never by the handler.
       if (req.op === 'read') this.#readStep(id, req.offset, req.iov, len, len);
       else if (req.op === 'write') this.#writeStep(id, req.offset, req.iov, len, len);
-      else fdatasync(this.#fd, (err) => this.#complete(id, err ? STORAGE_ERROR : STORAGE_OKAY));
+      else fdatasync(this.#fd, (err) => this.complete(id, err ? STORAGE_ERROR : STORAGE_OKAY));
     } catch {
-      this.#inFlight.delete(id);
-      return this.#fail();
+      this.inFlightIds.delete(id);
+      return this.fail();
     }
     return STORAGE_PENDING;
   }
@@ -285,77 +179,42 @@ export class RawFileStore implements StorageBackend {
   /** Issues one `readv` for the `left` bytes still wanted; continues or completes in its callback. */
   #readStep(id: number, pos: number, rest: readonly Uint8Array[], left: number, len: number): void {
     readv(this.#fd, rest, pos, (err, n) => {
-      if (err) return this.#complete(id, STORAGE_ERROR);
+      if (err) return this.complete(id, STORAGE_ERROR);
       if (n === 0) zeroIov(rest);
       else if (n < left) {
         try {
           this.#readStep(id, pos + n, advanceIov(rest, n), left - n, len);
         } catch {
-          this.#complete(id, STORAGE_ERROR);
+          this.complete(id, STORAGE_ERROR);
         }
         return;
       }
       this.counters.bytesRead += len;
-      this.#complete(id, STORAGE_OKAY);
+      this.complete(id, STORAGE_OKAY);
     });
   }
 
   /** Issues one `writev` for the `left` bytes still to write; continues or completes in its callback. */
   #writeStep(id: number, pos: number, rest: readonly Uint8Array[], left: number, len: number): void {
     writev(this.#fd, rest, pos, (err, n) => {
-      if (err || n === 0) return this.#complete(id, STORAGE_ERROR);
+      if (err || n === 0) return this.complete(id, STORAGE_ERROR);
       if (n < left) {
         try {
           this.#writeStep(id, pos + n, advanceIov(rest, n), left - n, len);
         } catch {
-          this.#complete(id, STORAGE_ERROR);
+          this.complete(id, STORAGE_ERROR);
         }
         return;
       }
       this.counters.bytesWritten += len;
-      this.#complete(id, STORAGE_OKAY);
+      this.complete(id, STORAGE_OKAY);
     });
   }
 
-  /** Finishes an asynchronous request: counts, calls the handler, wakes `close()` when drained. */
-  #complete(id: number, status: StorageStatus): void {
-    this.#inFlight.delete(id);
-    if (status !== STORAGE_OKAY) this.counters.errors++;
-    try {
-      this.#done!(id, status);
-    } finally {
-      if (this.#inFlight.size === 0 && this.#drained) this.#drained();
-    }
-  }
-
-  // ---- teardown ---------------------------------------------------------------------
-
-  /** Number of requests answered `STORAGE_PENDING` and not completed yet. */
-  get inFlight(): number {
-    return this.#inFlight.size;
-  }
-
-  /**
-   * Refuses new requests (they answer -1), waits until every in-flight request has
-   * completed through the handler, then closes the file. Idempotent: every call
-   * returns the same promise.
-   * @throws {StorageError} (as a rejection) if closing the descriptor fails.
-   */
-  close(): Promise<void> {
-    if (this.#closed) return this.#closed;
-    this.#closing = true;
-    const drained = this.#inFlight.size === 0
-      ? Promise.resolve()
-      : new Promise<void>((resolve) => { this.#drained = resolve; });
-    this.#closed = drained.then(() => {
-      const fd = this.#fd;
-      this.#fd = -1;
-      try {
-        closeSync(fd);
-      } catch (err) {
-        throw StorageError.fromSystemError('close', this.path, err);
-      }
-    });
-    return this.#closed;
+  protected closeFiles(): void {
+    const fd = this.#fd;
+    this.#fd = -1;
+    this.metaFd = -1;
+    closeSync(fd);
   }
 }
