@@ -37,7 +37,7 @@ import { blkifAbi, VDISK_READONLY, SECTOR_SIZE, XEN_IO_PROTO_ABI_X86_32, type Bl
 import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
 import { blkbackFeatures, type BlkbackFeatures } from './features.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
-import { XenbusState, switchState, readState } from '../xenstore/xenbus.ts';
+import { XenbusState, switchState, readState, readUintKey } from '../xenstore/xenbus.ts';
 import type { Unwatch } from '../xenstore/client.ts';
 import { BlkbackRing, BlkbackScheduler, StoreMux, newBlkbackCounters, type BlkbackCounters } from './blkback.ts';
 import type { StorageBackend } from './storage.ts';
@@ -197,11 +197,9 @@ export class BlkbackDevice {
   }
 
   /** Reads an unsigned integer key of the frontend; `dflt` when absent. @throws BlkbackError for garbage. */
-  private async frontUint(key: string, dflt: number): Promise<number> {
-    const v = await this.k.xenbus.readOptional(`${this.frontendDir}/${key}`);
-    if (v === undefined || v === null) return dflt;
-    if (!/^\d{1,15}$/.test(v)) throw new BlkbackError(`bad ${key} '${v.slice(0, 40)}' from dom${this.opts.frontDomid}`);
-    return Number(v);
+  private frontUint(key: string, dflt: number): Promise<number> {
+    return readUintKey(this.k.xenbus, `${this.frontendDir}/${key}`, dflt,
+      (v) => new BlkbackError(`bad ${key} '${v.slice(0, 40)}' from dom${this.opts.frontDomid}`));
   }
 
   /** Maps every queue's ring, binds its port, publishes the disk's properties, Connected. */

@@ -31,7 +31,7 @@ import { blkifAbi, BLKIF_MAX_SEGMENTS_PER_REQUEST, VDISK_READONLY, XEN_IO_PROTO_
 import { PAGE_SIZE, type EvtchnPort, type GrantRef } from '../hypervisor/abi.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import type { GuestExtent } from '../hypervisor/guest-memory.ts';
-import { XenbusState, switchState, waitForState, readState } from '../xenstore/xenbus.ts';
+import { XenbusState, switchState, waitForState, readState, readUintKey } from '../xenstore/xenbus.ts';
 import {
   BlkfrontIo, BlkfrontRing, BlkError, BLKFRONT_MAX_INDIRECT_SEGMENTS,
   type BlkfrontCounters, type BlkfrontDiskInfo, type BlkfrontFeatures,
@@ -184,13 +184,9 @@ export class Blkfront {
   }
 }
 
-/** Reads a non-negative integer key; `dflt` when absent; throws for garbage. */
-async function readUint(k: Kernel, path: string, dflt: number): Promise<number> {
-  const v = await k.xenbus.readOptional(path);
-  if (v === undefined || v === null) return dflt;
-  const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new BlkfrontHandshakeError(`bad backend key ${path} = '${v}'`);
-  return n;
+/** Reads an unsigned key of the backend; `dflt` when absent. @throws BlkfrontHandshakeError for garbage. */
+function readUint(k: Kernel, path: string, dflt: number): Promise<number> {
+  return readUintKey(k.xenbus, path, dflt, (v) => new BlkfrontHandshakeError(`bad backend key ${path} = '${v.slice(0, 40)}'`));
 }
 
 /**
@@ -276,8 +272,8 @@ export async function connectBlkfront(k: Kernel, devid: string, opts: BlkfrontOp
     void (async () => {
       const s = await readState(xb, backendDir).catch(() => XenbusState.Unknown);
       if (s === XenbusState.Connected) {
-        const n = Number(await xb.readOptional(`${backendDir}/sectors`));
-        if (Number.isSafeInteger(n) && n >= 0) io.setSectors(n);
+        const n = await readUint(k, `${backendDir}/sectors`, -1).catch(() => -1);
+        if (n >= 0) io.setSectors(n);
       } else if (s >= XenbusState.Closing || s === XenbusState.Unknown) {
         io.disable(new BlkError(-1, `${dev.name}: backend closed`));
       }

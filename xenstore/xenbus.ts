@@ -67,6 +67,21 @@ export async function readState(client: XenbusOperations, dir: string): Promise<
   return n <= XenbusState.Reconfigured ? (n as XenbusState) : XenbusState.Unknown;
 }
 
+/**
+ * Reads an unsigned decimal key the peer wrote (Linux `xenbus_scanf(..., "%u")` with
+ * a default): `dflt` when the node is missing; the value when it is all decimal
+ * digits and below 2^53; otherwise throws `bad(raw)` — the caller's typed error, since the
+ * value comes from the other end.
+ * @throws what `bad` returns; XenStoreError (other than ENOENT) / TimeoutError / XenbusClosedError.
+ */
+export async function readUintKey(client: XenbusOperations, path: string, dflt: number, bad: (raw: string) => Error): Promise<number> {
+  const v = await client.readOptional(path);
+  if (v === undefined || v === null) return dflt;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw bad(v);
+  return n;
+}
+
 /** Options of {@link waitForState}. */
 export interface WaitForStateOptions {
   /** Deadline in milliseconds (default 30 000). */
