@@ -46,7 +46,7 @@ import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
 import {
   BENCH_SPIN_TOKENS, BenchWorker, machineInfo, meets, median, pairwiseRatioMedian, pairwiseRatios, percentile,
-  restoreSpinTokens, svgChart, type ChartSeries, type MachineInfo, type RatioResult,
+  parseBenchArgs, restoreSpinTokens, svgChart, type ChartSeries, type MachineInfo, type RatioResult,
 } from './harness.ts';
 import { NbdSuite, type NbdImpl } from './blk-nbd.ts';
 import type { BlkJob, BlkJobResult, BlkPattern } from './guests/blk-guest.ts';
@@ -209,39 +209,18 @@ export interface BenchBlkOptions {
 
 /** Parses the arguments after `bench blk`. @throws Error naming the bad argument. */
 export function parseBenchBlkArgs(argv: readonly string[]): BenchBlkOptions {
+  const { values: v, help } = parseBenchArgs(argv, {
+    json: { kind: 'string' }, svg: { kind: 'string' }, quick: { kind: 'flag' },
+    rounds: { kind: 'number', min: 1, integer: true }, warmup: { kind: 'number', min: 0 }, measure: { kind: 'number', min: 1 },
+    file: { kind: 'string' }, 'size-mib': { kind: 'number', min: 2, integer: true }, budget: { kind: 'number', min: 1 },
+    'no-odirect': { kind: 'flag' }, 'no-nbd': { kind: 'flag' }, only: { kind: 'string' },
+  });
   const o: BenchBlkOptions = {
-    json: null, svg: null, quick: false, rounds: NaN, warmupMs: NaN, measureMs: NaN, file: null, sizeMiB: NaN,
-    budgetS: NaN, odirect: true, nbd: true, only: null, help: false,
+    json: (v.json as string) ?? null, svg: (v.svg as string) ?? null, quick: v.quick === true,
+    rounds: (v.rounds as number) ?? NaN, warmupMs: (v.warmup as number) ?? NaN, measureMs: (v.measure as number) ?? NaN,
+    file: (v.file as string) ?? null, sizeMiB: (v['size-mib'] as number) ?? NaN, budgetS: (v.budget as number) ?? NaN,
+    odirect: v['no-odirect'] !== true, nbd: v['no-nbd'] !== true, only: (v.only as string) ?? null, help,
   };
-  const value = (i: number, name: string): string => {
-    const v = argv[i + 1];
-    if (v === undefined || v.startsWith('--')) throw new Error(`${name} needs a value`);
-    return v;
-  };
-  const num = (v: string, name: string, min: number): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`${name}: ${v} is not a number ≥ ${min}`);
-    return n;
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    switch (a) {
-      case '--json': o.json = value(i++, a); break;
-      case '--svg': o.svg = value(i++, a); break;
-      case '--quick': o.quick = true; break;
-      case '--rounds': o.rounds = Math.floor(num(value(i++, a), a, 1)); break;
-      case '--warmup': o.warmupMs = num(value(i++, a), a, 0); break;
-      case '--measure': o.measureMs = num(value(i++, a), a, 1); break;
-      case '--file': o.file = value(i++, a); break;
-      case '--size-mib': o.sizeMiB = Math.floor(num(value(i++, a), a, 2)); break;
-      case '--budget': o.budgetS = num(value(i++, a), a, 1); break;
-      case '--no-odirect': o.odirect = false; break;
-      case '--no-nbd': o.nbd = false; break;
-      case '--only': o.only = value(i++, a); break;
-      case '--help': case '-h': o.help = true; break;
-      default: throw new Error(`unknown argument ${a}`);
-    }
-  }
   if (Number.isNaN(o.rounds)) o.rounds = o.quick ? 2 : 7;
   if (Number.isNaN(o.warmupMs)) o.warmupMs = o.quick ? 40 : 150;
   if (Number.isNaN(o.measureMs)) o.measureMs = o.quick ? 100 : 300;

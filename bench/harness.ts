@@ -23,6 +23,7 @@
 import { Worker, type Transferable } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
 import os from 'node:os';
 import { TimeoutError } from '../rings/errors.ts';
 import { ringSize } from '../rings/ring.ts';
@@ -912,4 +913,50 @@ export async function restoreSpinTokens(buffer: SharedArrayBuffer, total: number
     n++;
   }
   return n;
+}
+
+/** One option of a benchmark's command line (see {@link parseBenchArgs}). */
+export type BenchOption = { kind: 'flag' } | { kind: 'string' } | { kind: 'number'; min: number; integer?: boolean };
+
+/**
+ * Parses a benchmark's arguments (those after `pvio bench NAME`) on `node:util`
+ * `parseArgs`: `--name VALUE` or `--name=VALUE` for strings and numbers, bare
+ * `--name` for flags, `--help` / `-h` always. Numbers are checked against `min`
+ * (and floored when `integer`).
+ * @returns the values given, by option name (absent options are left out), and `help`.
+ * @throws Error naming the argument: `unknown argument X`, `--x needs a value`,
+ *   `--x: V is not a number ≥ MIN`.
+ */
+export function parseBenchArgs(argv: readonly string[], spec: Readonly<Record<string, BenchOption>>): {
+  values: Record<string, string | number | boolean>; help: boolean;
+} {
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean', short: 'h' } };
+  for (const [name, o] of Object.entries(spec)) options[name] = { type: o.kind === 'flag' ? 'boolean' : 'string' };
+  const { tokens } = parseArgs({ args: [...argv], options, strict: false, allowPositionals: true, tokens: true });
+  const values: Record<string, string | number | boolean> = {};
+  let help = false;
+  for (const t of tokens) {
+    if (t.kind === 'positional') throw new Error(`unknown argument ${t.value}`);
+    if (t.kind !== 'option') continue;
+    if (t.name === 'help') {
+      help = true;
+      continue;
+    }
+    const o = spec[t.name];
+    if (!o) throw new Error(`unknown argument ${t.rawName}`);
+    if (o.kind === 'flag') {
+      values[t.name] = true;
+      continue;
+    }
+    const v = t.value;
+    if (v === undefined || v === '' || (t.inlineValue !== true && v.startsWith('--'))) throw new Error(`${t.rawName} needs a value`);
+    if (o.kind === 'string') {
+      values[t.name] = v;
+      continue;
+    }
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < o.min) throw new Error(`${t.rawName}: ${v} is not a number ≥ ${o.min}`);
+    values[t.name] = o.integer ? Math.floor(n) : n;
+  }
+  return { values, help };
 }

@@ -23,7 +23,7 @@ import { SpinTokens, DEFAULT_SPIN_ITERATIONS } from '../hypervisor/spin.ts';
 import {
   BENCH_SPIN_TOKENS, MAX_RTT_SAMPLES, REQUEST_BYTES, RESPONSE_BYTES, RTT_SAMPLE_EVERY, WAIT_MODES,
   caseKey, chartSeries, describeCase, machineInfo, markdownRatios, markdownResults, meets, pairwiseRatio,
-  restoreSpinTokens, ringEntriesFor, runSchedule, summarize, svgChart, writeJsonReport,
+  parseBenchArgs, restoreSpinTokens, ringEntriesFor, runSchedule, summarize, svgChart, writeJsonReport,
   type BenchReport, type Case, type CaseGroup, type CaseOutcome, type CaseResult, type IdleResult,
   type PvioRingModule, type RatioResult, type RingCaseConfig, type WaitMode,
 } from './harness.ts';
@@ -59,32 +59,16 @@ export interface BenchRingOptions {
  * @throws Error naming the bad argument.
  */
 export function parseBenchRingArgs(argv: readonly string[]): BenchRingOptions {
-  const o: BenchRingOptions = { json: null, svg: null, quick: false, baselinesOnly: false, rounds: NaN, warmupMs: NaN, measureMs: NaN, budgetS: NaN, help: false };
-  const value = (i: number, name: string): string => {
-    const v = argv[i + 1];
-    if (v === undefined || v.startsWith('--')) throw new Error(`${name} needs a value`);
-    return v;
+  const { values: v, help } = parseBenchArgs(argv, {
+    json: { kind: 'string' }, svg: { kind: 'string' }, quick: { kind: 'flag' }, 'baselines-only': { kind: 'flag' },
+    rounds: { kind: 'number', min: 1, integer: true }, warmup: { kind: 'number', min: 0 },
+    measure: { kind: 'number', min: 1 }, budget: { kind: 'number', min: 1 },
+  });
+  const o: BenchRingOptions = {
+    json: (v.json as string) ?? null, svg: (v.svg as string) ?? null, quick: v.quick === true, baselinesOnly: v['baselines-only'] === true,
+    rounds: (v.rounds as number) ?? NaN, warmupMs: (v.warmup as number) ?? NaN, measureMs: (v.measure as number) ?? NaN,
+    budgetS: (v.budget as number) ?? NaN, help,
   };
-  const num = (v: string, name: string, min: number): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`${name}: ${v} is not a number ≥ ${min}`);
-    return n;
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    switch (a) {
-      case '--json': o.json = value(i++, a); break;
-      case '--svg': o.svg = value(i++, a); break;
-      case '--quick': o.quick = true; break;
-      case '--baselines-only': o.baselinesOnly = true; break;
-      case '--rounds': o.rounds = Math.floor(num(value(i++, a), a, 1)); break;
-      case '--warmup': o.warmupMs = num(value(i++, a), a, 0); break;
-      case '--measure': o.measureMs = num(value(i++, a), a, 1); break;
-      case '--budget': o.budgetS = num(value(i++, a), a, 1); break;
-      case '--help': case '-h': o.help = true; break;
-      default: throw new Error(`unknown argument ${a}`);
-    }
-  }
   if (Number.isNaN(o.rounds)) o.rounds = o.quick ? 2 : 3;
   if (Number.isNaN(o.warmupMs)) o.warmupMs = o.quick ? 30 : 150;
   if (Number.isNaN(o.measureMs)) o.measureMs = o.quick ? 80 : 400;
