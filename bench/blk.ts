@@ -51,6 +51,7 @@ import {
 import { NbdSuite, type NbdImpl } from './blk-nbd.ts';
 import type { BlkJob, BlkJobResult, BlkPattern } from './guests/blk-guest.ts';
 import type { BaselineResult } from './workers/blk-baseline-worker.ts';
+import { xorshift32 } from '../toolstack/xorshift.ts';
 
 /** Usage text of `pvio bench blk`. */
 export const BENCH_BLK_USAGE = `usage: pvio bench blk [--json FILE] [--svg FILE] [--quick] [--rounds N] [--warmup MS] [--measure MS]
@@ -298,12 +299,9 @@ function prepareFile(path: string, bytes: number): void {
   try {
     const chunk = Buffer.allocUnsafe(MiB);
     const u32 = new Uint32Array(chunk.buffer, chunk.byteOffset, MiB / 4);
-    let x = 0x12345678;
+    const next = xorshift32(0x12345678);
     for (let off = 0; off < bytes; off += MiB) {
-      for (let i = 0; i < u32.length; i++) {
-        x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-        u32[i] = x;
-      }
+      for (let i = 0; i < u32.length; i++) u32[i] = next();
       writeSync(fd, chunk, 0, Math.min(MiB, bytes - off), off);
     }
     fsyncSync(fd);

@@ -18,18 +18,14 @@ import {
   NBD_REP_ERR_INVALID, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, NBD_REP_SERVER, NBD_REQUEST_MAGIC,
 } from '../toolstack/nbd/protocol.ts';
 import { NbdClient, type Reply } from './nbd-client.ts';
+import { xorshift32 } from '../toolstack/xorshift.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** xorshift32: deterministic pseudo-random numbers in [0, 1). */
+/** Deterministic pseudo-random numbers in [0, 1). */
 function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x / 2 ** 32;
-  };
+  const next = xorshift32(seed);
+  return () => next() / 2 ** 32;
 }
 
 function pattern(n: number, seed: number): Buffer {

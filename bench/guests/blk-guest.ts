@@ -19,6 +19,7 @@
  */
 import type { Kernel } from '../../hypervisor/kernel.ts';
 import type { Blkfront } from '../../blkfront/xenbus.ts';
+import { xorshift32 } from '../../toolstack/xorshift.ts';
 
 /** I/O pattern, fio's names. */
 export type BlkPattern = 'randread' | 'randwrite' | 'seqread' | 'seqwrite';
@@ -67,17 +68,6 @@ export interface BlkJobResult {
   error?: string;
 }
 
-/** xorshift32: a deterministic stream of u32. */
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x;
-  };
-}
-
 function hypercallDelta(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(after)) if (v - (before[k] ?? 0) > 0) out[k] = v - (before[k] ?? 0);
@@ -93,7 +83,7 @@ export async function runJob(k: Kernel, d: Blkfront, job: BlkJob): Promise<BlkJo
   const writing = job.pattern === 'randwrite' || job.pattern === 'seqwrite';
   if (writing && d.readOnly) throw new Error('write job on a read-only disk');
   const random = job.pattern === 'randread' || job.pattern === 'randwrite';
-  const next = xorshift(job.seed);
+  const next = xorshift32(job.seed);
   let seq = (job.seed >>> 0) % blocks;
   const nextSector = (): number => {
     let b: number;
@@ -106,7 +96,7 @@ export async function runJob(k: Kernel, d: Blkfront, job: BlkJob): Promise<BlkJo
   };
   const bufs = Array.from({ length: job.inFlight }, () => new Uint8Array(bs));
   if (writing) {
-    const r = xorshift(job.seed ^ 0x5a5a5a5a);
+    const r = xorshift32(job.seed ^ 0x5a5a5a5a);
     for (const b of bufs) {
       const u32 = new Uint32Array(b.buffer);
       for (let i = 0; i < u32.length; i++) u32[i] = r();

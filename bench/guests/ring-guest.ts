@@ -27,6 +27,7 @@ import {
   BLKIF_OP_READ, BLKIF_REQUEST, BLKIF_RESPONSE, BLKIF_RING_ENTRY_SIZE, readBlkifRequest, readBlkifResponse, writeBlkifRequest,
   writeBlkifResponse, type BlkifRequest, type BlkifResponse,
 } from '../../rings/blkif.ts';
+import { xorshift32 } from '../../toolstack/xorshift.ts';
 
 /** Bench-only operation code that stops the backend's loop (not a blkif op). */
 export const OP_STOP = 0xfe;
@@ -97,17 +98,6 @@ export interface RingServeResult {
 
 /** Requests between two backend checkpoints. */
 export const CHECKPOINT_EVERY = 64;
-
-/** A small deterministic PRNG (xorshift32) for random batch sizes. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x;
-  };
-}
 
 /** The payload check value both sides derive from a sequence number. */
 const sectorOf = (seq: number) => (seq * 8) % 2 ** 40;
@@ -245,7 +235,7 @@ export default function main(k: Kernel): Promise<unknown> {
       const ring = f.ring;
       const depth = Math.min(a.depth, ring.size);
       const sampleEvery = a.sampleEvery ?? 64;
-      const rand = rng(a.seed ?? 1);
+      const rand = xorshift32(a.seed ?? 1);
       // Send times of sampled requests, by (seq / sampleEvery) modulo the table size.
       const sentAt = new Float64Array(1024).fill(-1);
       const rttNs: number[] = [];

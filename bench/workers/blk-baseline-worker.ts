@@ -23,6 +23,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { serve } from './common.ts';
 import { alignedDirectBuffer } from '../../blkback/direct-file-store.ts';
 import type { BlkJob } from '../guests/blk-guest.ts';
+import { xorshift32 } from '../../toolstack/xorshift.ts';
 
 /** What one baseline job returns. */
 export interface BaselineResult {
@@ -43,23 +44,13 @@ interface Opened {
 
 let file: Opened | null = null;
 
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x;
-  };
-}
-
 /** The offset stream of a job (the guest's, in bytes). */
 function offsets(job: BlkJob, sizeBytes: number): () => number {
   const bs = job.blockSize;
   const blocks = Math.floor(sizeBytes / bs);
   if (blocks < 1) throw new Error(`file of ${sizeBytes} bytes is smaller than one ${bs}-byte block`);
   if (job.pattern === 'randread' || job.pattern === 'randwrite') {
-    const next = xorshift(job.seed);
+    const next = xorshift32(job.seed);
     return () => (next() % blocks) * bs;
   }
   let seq = (job.seed >>> 0) % blocks;
@@ -78,7 +69,7 @@ function writing(job: BlkJob): boolean {
 function callerBuffers(job: BlkJob, n: number): Uint8Array[] {
   const bufs = Array.from({ length: n }, () => new Uint8Array(job.blockSize));
   if (writing(job)) {
-    const r = xorshift(job.seed ^ 0x5a5a5a5a);
+    const r = xorshift32(job.seed ^ 0x5a5a5a5a);
     for (const b of bufs) {
       const u32 = new Uint32Array(b.buffer);
       for (let i = 0; i < u32.length; i++) u32[i] = r();

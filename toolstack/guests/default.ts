@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { Kernel } from '../../hypervisor/kernel.ts';
 import type { Blkfront } from '../../blkfront/xenbus.ts';
+import { xorshift32 } from '../xorshift.ts';
 
 /** What the default guest reports to the toolstack. */
 export interface DefaultGuestResult {
@@ -29,13 +30,8 @@ function mb(bytes: number, s: number): number {
 /** xorshift32 stream: deterministic pseudo-random bytes for the scratch test. */
 function fillRandom(buf: Uint8Array, seed: number): void {
   const u32 = new Uint32Array(buf.buffer, buf.byteOffset, buf.length >> 2);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < u32.length; i++) {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    u32[i] = x;
-  }
+  const next = xorshift32(seed);
+  for (let i = 0; i < u32.length; i++) u32[i] = next();
 }
 
 async function hashDisk(k: Kernel, d: Blkfront): Promise<DefaultGuestResult['xvda']> {
