@@ -54,6 +54,7 @@
 import {
   closeSync, constants, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, openSync, read, readSync, write, writeSync,
 } from 'node:fs';
+import { sliceIov } from './file-io.ts';
 import { FileStoreBase } from './file-store-base.ts';
 import {
   SECTOR_SIZE, STORAGE_ERROR, STORAGE_OKAY, STORAGE_PENDING, StorageError,
@@ -311,34 +312,18 @@ export class DirectFileStore extends FileStoreBase {
   /** Copies `n` bytes from `arena[at...]` into the views `iov` starting `skip` bytes into the vector. */
   #scatter(arena: Uint8Array, at: number, iov: readonly Uint8Array[], skip: number, n: number): void {
     this.stats.bounceBytesIn += n;
-    for (const v of iov) {
-      if (n === 0) break;
-      if (skip >= v.byteLength) {
-        skip -= v.byteLength;
-        continue;
-      }
-      const k = Math.min(n, v.byteLength - skip);
-      v.set(arena.subarray(at, at + k), skip);
-      at += k;
-      n -= k;
-      skip = 0;
+    for (const v of sliceIov(iov, skip, n)) {
+      v.set(arena.subarray(at, at + v.byteLength));
+      at += v.byteLength;
     }
   }
 
   /** Copies `n` bytes of the vector `iov`, from `skip` bytes in, into `arena[at...]`. */
   #gather(arena: Uint8Array, at: number, iov: readonly Uint8Array[], skip: number, n: number): void {
     this.stats.bounceBytesOut += n;
-    for (const v of iov) {
-      if (n === 0) break;
-      if (skip >= v.byteLength) {
-        skip -= v.byteLength;
-        continue;
-      }
-      const k = Math.min(n, v.byteLength - skip);
-      arena.set(skip === 0 && k === v.byteLength ? v : v.subarray(skip, skip + k), at);
-      at += k;
-      n -= k;
-      skip = 0;
+    for (const v of sliceIov(iov, skip, n)) {
+      arena.set(v, at);
+      at += v.byteLength;
     }
   }
 
