@@ -642,7 +642,8 @@ export class BlkbackRing {
       const g = s.segs[i];
       const m = s.maps[i]!;
       maps.push(m);
-      iov.push(m.page.subarray(g.firstSect * SECTOR_SIZE, (g.lastSect + 1) * SECTOR_SIZE));
+      // A whole page (the common case) is the mapping's own view; only parts need a subarray.
+      iov.push(g.firstSect === 0 && g.lastSect === BLKIF_LAST_SECT_MAX ? m.page : m.page.subarray(g.firstSect * SECTOR_SIZE, (g.lastSect + 1) * SECTOR_SIZE));
       bytes += (g.lastSect - g.firstSect + 1) * SECTOR_SIZE;
     }
     const op = s.op === BLKIF_OP_INDIRECT ? s.rspOp : s.op;

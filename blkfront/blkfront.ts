@@ -42,8 +42,6 @@ import type { GuestMemory, GuestPage } from '../hypervisor/guest-memory.ts';
 
 /** Sectors (512 B) per 4 KiB page. */
 const SECTORS_PER_PAGE = PAGE_SIZE / SECTOR_SIZE;
-/** Sectors one direct request carries at most (11 pages). */
-export const MAX_SECTORS_PER_REQUEST = BLKIF_MAX_SEGMENTS_PER_REQUEST * SECTORS_PER_PAGE;
 /** The most segments blkfront puts in one indirect request (1 MiB), whatever the backend offers. */
 export const BLKFRONT_MAX_INDIRECT_SEGMENTS = 256;
 
