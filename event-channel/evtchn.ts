@@ -21,7 +21,7 @@
  */
 import { InvariantError } from '../rings/errors.ts';
 import {
-  DOMID_SELF, EVTCHNOP, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG,
+  DOMID_SELF, EVTCHNOP, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_BIND_VCPU, EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG,
   EVTCHN_STATUS, EVTCHNSTAT, HYPERVISOR, NR_EVENT_CHANNELS, SHARED_INFO, VCPU_INFO, WAKE_PAGE, XEN_ERRNO,
   type DomId, type EvtchnPort,
 } from '../hypervisor/abi.ts';
@@ -66,6 +66,8 @@ function errnoName(n: number): string {
 export type EvtchnHandler = (port: EvtchnPort) => void;
 
 interface Binding {
+  /** The vCPU of this domain the port notifies. */
+  vcpu: number;
   remoteDom: DomId;
   remotePort: number;
   send: Int32Array;
@@ -89,6 +91,11 @@ export class EventChannels {
   private readonly handlers = new Map<number, EvtchnHandler>();
   private readonly myVi: number;
   /**
+   * Ports this vCPU dispatches (Linux's per-CPU `cpu_evtchn_mask`): those bound to
+   * it; ports with no binding belong to vCPU 0.
+   */
+  private readonly mine = new Int32Array(NR_EVENT_CHANNELS >> 5);
+  /**
    * Counters: sends that notified, sends suppressed (bit already pending), sends on
    * unbound ports, upcalls, events dispatched, spurious bits; and for
    * {@link waitSync}: sleeps (`Atomics.wait` calls that slept), wake-ups (sleeps
@@ -105,6 +112,12 @@ export class EventChannels {
   ) {
     this.si = new Int32Array(sharedInfo, 0, SHARED_INFO.size >> 2);
     this.myVi = vcpuId * VI_WORDS;
+    if (vcpuId === 0) this.mine.fill(-1);
+  }
+
+  /** This worker's vCPU index. */
+  get vcpu(): number {
+    return this.vcpuId;
   }
 
   // ---- setup (hypercalls) --------------------------------------------------
@@ -178,21 +191,52 @@ export class EventChannels {
     };
   }
 
+  /**
+   * Binds `port` to vCPU `vcpu` of this domain: its events are then raised on that
+   * vCPU's `vcpu_info` and its peer's sends wake that vCPU's worker, which must have
+   * the port's handler. An event already pending moves with the port.
+   * @throws EvtchnError (ENOENT for no such vCPU, EINVAL for a closed port).
+   * @see event_channel.h EVTCHNOP_bind_vcpu
+   */
+  bindVcpu(port: EvtchnPort, vcpu: number): void {
+    const F = EVTCHN_BIND_VCPU.fields;
+    const p = this.hc.page;
+    const o = HypercallPort.argOffset(0, EVTCHN_BIND_VCPU.size);
+    p.setUint32(o + F.port.offset, port, true);
+    p.setUint32(o + F.vcpu.offset, vcpu, true);
+    const { result, info } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.bind_vcpu, 1);
+    for (const i of info) this.applyInfo(i);
+    if (result < 0) throw new EvtchnError('EVTCHNOP_bind_vcpu', -result);
+  }
+
+  /** The vCPU `port` notifies, as far as this vCPU has been told (0 when unbound). */
+  vcpuOf(port: number): number {
+    return this.bindings.get(port)?.vcpu ?? 0;
+  }
+
+  private setMine(port: number, vcpu: number): void {
+    const bit = 1 << (port & 31);
+    if (vcpu === this.vcpuId) this.mine[port >> 5] |= bit;
+    else this.mine[port >> 5] &= ~bit;
+  }
+
   /** Applies binding info the hypervisor sent (in an answer or a push). */
   applyInfo(i: BindingInfo | PortInfo): void {
     if (i.kind === 'bound') {
       const send = new Int32Array(this.hc.frames.page(i.sendPage).buffer, this.hc.frames.page(i.sendPage).byteOffset, EVTCHN_PAIR_PAGE.size >> 2);
       const wake = this.hc.frames.page(i.remoteWake);
       this.bindings.set(i.port, {
-        remoteDom: i.remoteDom as DomId, remotePort: i.remotePort, send,
+        vcpu: i.vcpu, remoteDom: i.remoteDom as DomId, remotePort: i.remotePort, send,
         remoteWake: new Int32Array(wake.buffer, wake.byteOffset, 1),
       });
+      this.setMine(i.port, i.vcpu);
       if (!this.recvPages.has(i.remoteDom)) {
         const r = this.hc.frames.page(i.recvPage);
         this.recvPages.set(i.remoteDom, new Int32Array(r.buffer, r.byteOffset, EVTCHN_PAIR_PAGE.size >> 2));
       }
     } else {
       this.bindings.delete(i.port);
+      this.setMine(i.port, 0);
       if (i.kind === 'closed') this.handlers.delete(i.port);
     }
   }
@@ -258,8 +302,9 @@ export class EventChannels {
     const bit = 1 << (port & 31);
     Atomics.and(this.si, SI_MASK_I32 + (port >> 5), ~bit);
     if (Atomics.load(this.si, SI_PENDING_I32 + (port >> 5)) & bit) {
-      raiseUpcall(this.si, port, 0);
-      this.kick(0);
+      const vcpu = this.vcpuOf(port);
+      raiseUpcall(this.si, port, vcpu);
+      this.kick(vcpu);
     }
   }
 
@@ -273,7 +318,9 @@ export class EventChannels {
 
   /**
    * Folds every pair page into shared_info. Only bits of ports bound to that
-   * sender count; the rest is a peer's garbage (counted as spurious).
+   * sender count; the rest is a peer's garbage (counted as spurious). Any vCPU may
+   * fold (the swaps are atomic): each event raises the upcall of the vCPU its port
+   * is bound to, and wakes that vCPU when it is another one.
    * @returns how many events were folded.
    */
   fold(): number {
@@ -291,22 +338,18 @@ export class EventChannels {
             const bb = 31 - Math.clz32(bits);
             bits &= ~(1 << bb);
             const port = w * 32 + bb;
-            if (this.bindings.get(port)?.remoteDom !== sender) {
+            const b = this.bindings.get(port);
+            if (b?.remoteDom !== sender) {
               this.counters.spurious++;
               continue;
             }
-            this.setPending(port);
+            if (setPortPending(this.si, port, b.vcpu)) this.kick(b.vcpu);
             n++;
           }
         }
       }
     }
     return n;
-  }
-
-  /** Xen's `evtchn_set_pending` on our own shared_info. */
-  private setPending(port: number): void {
-    if (setPortPending(this.si, port, 0)) this.kick(0);
   }
 
   /** Wakes vCPU `vcpu` of this domain if it is not the caller. */
@@ -339,7 +382,7 @@ export class EventChannels {
         const l1 = half * 32 + b; // one selector bit covers 64 ports = two u32 words
         for (let k = 0; k < 2; k++) {
           const w = l1 * 2 + k;
-          let bits = Atomics.load(this.si, SI_PENDING_I32 + w) & ~Atomics.load(this.si, SI_MASK_I32 + w);
+          let bits = Atomics.load(this.si, SI_PENDING_I32 + w) & ~Atomics.load(this.si, SI_MASK_I32 + w) & this.mine[w];
           while (bits !== 0) {
             const bb = 31 - Math.clz32(bits);
             bits &= ~(1 << bb);
@@ -373,7 +416,7 @@ export class EventChannels {
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       const seen = Atomics.load(wake, I_WAKE);
-      if (this.vcpuId === 0) this.fold();
+      this.fold();
       if (Atomics.load(this.si, w) & bit) {
         Atomics.and(this.si, w, ~bit);
         return true;

@@ -185,6 +185,11 @@ export const EVTCHN_BIND_INTERDOMAIN = defineLayout('evtchn_bind_interdomain', '
   remote_port: field(4, 'u32', 'guest'),
   local_port: field(8, 'u32', 'xen'),
 });
+/** `struct evtchn_bind_vcpu { evtchn_port_t port; uint32_t vcpu; }` @see event_channel.h */
+export const EVTCHN_BIND_VCPU = defineLayout('evtchn_bind_vcpu', 'event_channel.h', 8, {
+  port: field(0, 'u32', 'guest'),
+  vcpu: field(4, 'u32', 'guest'),
+});
 /** `struct evtchn_close { evtchn_port_t port; }` (also `evtchn_send`, `evtchn_unmask`). @see event_channel.h */
 export const EVTCHN_PORT_ARG = defineLayout('evtchn_close', 'event_channel.h', 4, {
   port: field(0, 'u32', 'guest'),

@@ -43,6 +43,11 @@ export interface BootInfo {
   readonly maxPages: number;
   /** Port on which the hypervisor posts frame handles (read with receiveMessageOnPort). */
   readonly handlePort: MessagePort;
+  /**
+   * Channels to the domain's other vCPU workers, by vCPU index (null at this vCPU's
+   * own index): pvio's inter-processor messages, since each vCPU is its own heap.
+   */
+  readonly siblingPorts: ReadonlyArray<MessagePort | null>;
   /** Toolstack control channel (dom0: commands; domU: results); null if none. */
   readonly controlPort: MessagePort | null;
   /** The guest program: a module URL and its arguments. */

@@ -55,8 +55,13 @@ export interface ExtentHandle {
 export class FrameTable {
   private readonly frames = new Map<number, Frame>();
   private nextMfn = 0x1000;
-  /** Extents each domain has received (by base MFN): sent once, then named by MFN only. */
-  private readonly given = new Map<DomId, Set<number>>();
+  /**
+   * Extents each vCPU of each domain has received (by base MFN): sent once to each
+   * vCPU worker (each is its own heap), then named by MFN only.
+   */
+  private readonly given = new Map<DomId, Map<number, Set<number>>>();
+  /** Extents logged per domain (the handle log has one entry per domain and extent). */
+  private readonly logged = new Map<DomId, Set<number>>();
   readonly log: HandleLogEntry[] = [];
   readonly counters = { allocated: 0, freed: 0, handlesGiven: 0 };
 
@@ -122,16 +127,24 @@ export class FrameTable {
   }
 
   /**
-   * Records that `domid` is given the extent holding `frame` and reports whether its
-   * buffer must be posted (false when the domain already holds it).
+   * Records that vCPU `vcpu` of `domid` is given the extent holding `frame`.
+   * @returns the handle to post, or null when that vCPU already holds the buffer.
+   * The handle log gets one entry per domain and extent (the first vCPU to get it).
    */
-  give(domid: DomId, frame: Frame, reason: string): ExtentHandle | null {
-    let set = this.given.get(domid);
-    if (!set) this.given.set(domid, (set = new Set()));
+  give(domid: DomId, vcpu: number, frame: Frame, reason: string): ExtentHandle | null {
+    let perVcpu = this.given.get(domid);
+    if (!perVcpu) this.given.set(domid, (perVcpu = new Map()));
+    let set = perVcpu.get(vcpu);
+    if (!set) perVcpu.set(vcpu, (set = new Set()));
     if (set.has(frame.extentBase)) return null;
     invariant(frame.buffer, `frame ${frame.mfn} has no buffer`);
     set.add(frame.extentBase);
-    this.log.push({ domid, extentBase: frame.extentBase, pages: 1 << frame.extentOrder, owner: frame.owner, reason });
+    let logged = this.logged.get(domid);
+    if (!logged) this.logged.set(domid, (logged = new Set()));
+    if (!logged.has(frame.extentBase)) {
+      logged.add(frame.extentBase);
+      this.log.push({ domid, extentBase: frame.extentBase, pages: 1 << frame.extentOrder, owner: frame.owner, reason });
+    }
     this.counters.handlesGiven++;
     return { mfn: frame.extentBase, order: frame.extentOrder, buffer: frame.buffer };
   }
@@ -139,5 +152,6 @@ export class FrameTable {
   /** Forgets what a destroyed domain held (its worker and heap are gone). */
   forgetDomain(domid: DomId): void {
     this.given.delete(domid);
+    this.logged.delete(domid);
   }
 }

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { invariant } from '../rings/errors.ts';
 import { readU64, writeU64 } from '../rings/layout.ts';
 import {
-  DOMID_SELF, DOMID_XEN, EVTCHNOP, EVTCHNSTAT, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN,
+  DOMID_SELF, DOMID_XEN, EVTCHNOP, EVTCHNSTAT, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_BIND_VCPU,
   EVTCHN_PORT_ARG, EVTCHN_STATUS, GNTCOPY, GNTMAP, GNTST, GNTTABOP,
   GNTTAB_COPY, GNTTAB_MAP_GRANT_REF, GNTTAB_QUERY_SIZE, GNTTAB_RESERVED_CONSOLE,
   GNTTAB_RESERVED_XENSTORE, GNTTAB_UNMAP_GRANT_REF, GRANT_ENTRY_V1, GRANT_ENTRIES_PER_FRAME,
@@ -30,7 +30,7 @@ import {
   WAKE_PAGE, XENMEM, XEN_ERRNO, XEN_MEMORY_RESERVATION, type DomId, type Mfn,
 } from './abi.ts';
 import { FrameTable, type ExtentHandle, type Frame } from './frames.ts';
-import { setPortPending } from './shared-info.ts';
+import { isPortDeliverable, raiseUpcall, setPortPending } from './shared-info.ts';
 import type { BootInfo } from './boot.ts';
 
 /** Most entries of one batched hypercall served before the rest is re-issued. */
@@ -217,11 +217,11 @@ export class Hypervisor {
     };
     for (const v of vcpus) Atomics.store(v.hc, I_PAUSED, 1);
     this.domains.set(domid, dom);
-    let store: BootInfo['store'] = null;
-    let cons: BootInfo['console'] = null;
+    let storeFrame: Frame | null = null;
+    let consFrame: Frame | null = null;
     if (!privileged) {
-      const [storeFrame] = this.frames.alloc(domid, 0, 'ram');
-      const [consFrame] = this.frames.alloc(domid, 0, 'ram');
+      [storeFrame] = this.frames.alloc(domid, 0, 'ram');
+      [consFrame] = this.frames.alloc(domid, 0, 'ram');
       dom.ramPages += 2;
       this.seedGrant(dom, GNTTAB_RESERVED_CONSOLE, consFrame.mfn, 0 as DomId);
       this.seedGrant(dom, GNTTAB_RESERVED_XENSTORE, storeFrame.mfn, 0 as DomId);
@@ -229,24 +229,34 @@ export class Hypervisor {
       const consPort = this.allocUnbound(dom, 0 as DomId);
       (dom as { store: Domain['store'] }).store = { mfn: storeFrame.mfn, port: storePort };
       (dom as { console: Domain['console'] }).console = { mfn: consFrame.mfn, port: consPort };
-      store = { page: this.frames.give(domid, storeFrame, 'start_info.store_mfn')!, port: storePort };
-      cons = { page: this.frames.give(domid, consFrame, 'start_info.console_mfn')!, port: consPort };
     }
-    const wakePages = vcpus.map((v) => this.frames.give(domid, v.wakeFrame, `wake page of vcpu ${v.id}`)!);
-    const si = this.frames.give(domid, sharedInfo, 'shared_info')!;
-    const gt = this.frames.give(domid, grantTable, 'grant table')!;
+    // vCPU-to-vCPU channels, one per pair: the kernel's inter-processor messages.
+    const siblings: Array<Array<MessagePort | null>> = vcpus.map(() => vcpus.map(() => null));
+    for (let i = 0; i < vcpus.length; i++) {
+      for (let j = i + 1; j < vcpus.length; j++) {
+        const ch = new MessageChannel();
+        siblings[i][j] = ch.port1;
+        siblings[j][i] = ch.port2;
+      }
+    }
     for (const v of vcpus) {
       const guestPort = guestPorts[v.id];
+      // Each vCPU worker is its own heap: every one is given the domain's boot pages.
+      const give = (f: Frame, why: string) => this.frames.give(domid, v.id, f, why)!;
       const boot: BootInfo = {
         domid, name: opts.name, vcpuId: v.id, nrVcpus: vcpus.length, privileged,
         hvWake: this.hvWakeBuffer, spinTokens: this.spinTokens,
-        hypercallPage: this.frames.give(domid, v.hcFrame, `hypercall page of vcpu ${v.id}`)!,
-        wakePages, sharedInfo: si, grantTable: gt, nrGrantEntries, store, console: cons,
+        hypercallPage: give(v.hcFrame, `hypercall page of vcpu ${v.id}`),
+        wakePages: vcpus.map((w) => give(w.wakeFrame, `wake page of vcpu ${w.id}`)),
+        sharedInfo: give(sharedInfo, 'shared_info'), grantTable: give(grantTable, 'grant table'), nrGrantEntries,
+        store: storeFrame ? { page: give(storeFrame, 'start_info.store_mfn'), port: dom.store!.port } : null,
+        console: consFrame ? { page: give(consFrame, 'start_info.console_mfn'), port: dom.console!.port } : null,
         maxPages: opts.maxPages, handlePort: guestPort,
         controlPort: v.id === 0 ? (opts.controlPort ?? null) : null,
+        siblingPorts: siblings[v.id],
         guest: { module: opts.guest.module, args: opts.guest.args ?? null, extra: opts.guest.extra },
       };
-      const transferList: MessagePort[] = [guestPort];
+      const transferList: MessagePort[] = [guestPort, ...siblings[v.id].filter((p): p is MessagePort => p !== null)];
       if (boot.controlPort) transferList.push(boot.controlPort);
       const worker = new Worker(WORKER_BOOTSTRAP, {
         workerData: { entry: DOMAIN_ENTRY, boot },
@@ -389,7 +399,7 @@ export class Hypervisor {
     const seq = dv.getUint32(HC.seq.offset, true);
     const name = HYPERCALL_NAME[op] ?? `hypercall_${op}`;
     this.counters.hypercalls[name] = (this.counters.hypercalls[name] ?? 0) + 1;
-    const out: Outgoing = { handles: [], info: [] };
+    const out: Outgoing = { vcpu: v.id, handles: [], info: [] };
     let result = 0;
     let progress = 0;
     let preempted = false;
@@ -559,7 +569,7 @@ export class Hypervisor {
     frame.mapCount++;
     const handle = dom.nextHandle++;
     dom.maptrack.set(handle, { granter: granter.domid, ref, readonly, mfn });
-    const h = this.frames.give(dom.domid, frame, `map_grant_ref dom${d} ref ${ref}`);
+    const h = this.frames.give(dom.domid, out.vcpu, frame, `map_grant_ref dom${d} ref ${ref}`);
     if (h) out.handles.push(h);
     o.setUint32(go + F.handle.offset, handle, true);
     writeU64(o, go + F.dev_bus_addr.offset, mfn * PAGE_SIZE);
@@ -654,18 +664,43 @@ export class Hypervisor {
     return f;
   }
 
-  /** Binding info for one end; `out` gets the handles the end does not hold yet. */
-  private bindingInfo(local: Domain, port: number, remote: Domain, remotePort: number, handles: ExtentHandle[]): BindingInfo {
+  /**
+   * Binding info for the `port` end of `local`, and the frames that end needs: the
+   * two pair pages and the wake page of the remote vCPU its sends notify.
+   */
+  private bindingInfo(local: Domain, port: number, remote: Domain, remotePort: number): { info: BindingInfo; frames: Array<[Frame, string]> } {
     const sendPage = this.pairPage(remote.domid, local.domid);
     const recvPage = this.pairPage(local.domid, remote.domid);
     const rv = remote.vcpus[remote.evtchns.get(remotePort)?.vcpu ?? 0];
     // A bound sender may bump the remote vCPU's wake word: it now shares that page.
     rv.wakeFrame.sharers.add(local.domid);
-    for (const [f, why] of [[sendPage, 'evtchn pair (send)'], [recvPage, 'evtchn pair (receive)'], [rv.wakeFrame, `wake page of dom${remote.domid}`]] as const) {
-      const h = this.frames.give(local.domid, f, why);
-      if (h) handles.push(h);
+    return {
+      info: {
+        kind: 'bound', port, vcpu: local.evtchns.get(port)?.vcpu ?? 0, remoteDom: remote.domid, remotePort,
+        sendPage: sendPage.mfn, recvPage: recvPage.mfn, remoteWake: rv.wakeFrame.mfn,
+      },
+      frames: [[sendPage, 'evtchn pair (send)'], [recvPage, 'evtchn pair (receive)'], [rv.wakeFrame, `wake page of dom${remote.domid}`]],
+    };
+  }
+
+  /**
+   * Tells every vCPU of `dom` about a port (each keeps its own view of the domain's
+   * bindings): the calling vCPU in its answer `out`, the others by a push.
+   */
+  private announce(dom: Domain, info: BindingInfo | PortInfo, frames: Array<[Frame, string]>, out: Outgoing | null): void {
+    for (const v of dom.vcpus) {
+      const handles: ExtentHandle[] = [];
+      for (const [f, why] of frames) {
+        const h = this.frames.give(dom.domid, v.id, f, why);
+        if (h) handles.push(h);
+      }
+      if (out && v.id === out.vcpu) {
+        out.handles.push(...handles);
+        out.info.push(info);
+      } else {
+        this.pushTo(dom, v, handles, [info]);
+      }
     }
-    return { kind: 'bound', port, remoteDom: remote.domid, remotePort, sendPage: sendPage.mfn, recvPage: recvPage.mfn, remoteWake: rv.wakeFrame.mfn };
   }
 
   private eventChannelOp(dom: Domain, v: Vcpu, cmd: number, out: Outgoing): number {
@@ -696,14 +731,10 @@ export class Hypervisor {
         dom.evtchns.set(lport, { state: 'interdomain', remoteDom: remote.domid, remotePort: rport, vcpu: 0 });
         rch.state = 'interdomain';
         rch.remotePort = lport;
-        out.info.push(this.bindingInfo(dom, lport, remote, rport, out.handles));
-        if (remote !== dom) {
-          const rh: ExtentHandle[] = [];
-          const rinfo = this.bindingInfo(remote, rport, dom, lport, rh);
-          this.push(remote, rh, [rinfo]);
-        } else {
-          out.info.push(this.bindingInfo(dom, rport, dom, lport, out.handles));
-        }
+        const mine = this.bindingInfo(dom, lport, remote, rport);
+        this.announce(dom, mine.info, mine.frames, out);
+        const theirs = this.bindingInfo(remote, rport, dom, lport);
+        this.announce(remote, theirs.info, theirs.frames, remote === dom ? out : null);
         v.hcDv.setUint32(HC_ARGS_OFFSET + F.local_port.offset, lport, true);
         // Xen sets the local port pending on bind, covering sends made before it.
         this.setPending(dom, lport);
@@ -714,7 +745,33 @@ export class Hypervisor {
         const port = a.getUint32(EVTCHN_PORT_ARG.fields.port.offset, true);
         if (!dom.evtchns.has(port)) return -XEN_ERRNO.EINVAL;
         this.closePort(dom, port);
-        out.info.push({ kind: 'closed', port });
+        this.announce(dom, { kind: 'closed', port }, [], out);
+        return 0;
+      }
+      case EVTCHNOP.bind_vcpu: {
+        const F = EVTCHN_BIND_VCPU.fields;
+        const a = this.copyArgs(v, 0, EVTCHN_BIND_VCPU.size);
+        const port = a.getUint32(F.port.offset, true);
+        const vcpu = a.getUint32(F.vcpu.offset, true);
+        if (vcpu >= dom.vcpus.length) return -XEN_ERRNO.ENOENT;
+        const ch = dom.evtchns.get(port);
+        if (!ch) return -XEN_ERRNO.EINVAL;
+        ch.vcpu = vcpu;
+        if (ch.state === 'interdomain') {
+          const remote = this.domains.get(ch.remoteDom);
+          if (remote && remote.state !== 'dead') {
+            const mine = this.bindingInfo(dom, port, remote, ch.remotePort);
+            this.announce(dom, mine.info, mine.frames, out);
+            // The peer's sends now wake the new vCPU.
+            const theirs = this.bindingInfo(remote, ch.remotePort, dom, port);
+            this.announce(remote, theirs.info, theirs.frames, remote === dom ? out : null);
+          }
+        }
+        // An event already pending moves with the port (its upcall is raised there).
+        if (isPortDeliverable(dom.sharedInfoI32, port)) {
+          raiseUpcall(dom.sharedInfoI32, port, vcpu);
+          this.kick(dom.vcpus[vcpu]);
+        }
         return 0;
       }
       case EVTCHNOP.status: {
@@ -750,7 +807,7 @@ export class Hypervisor {
       if (remote && rch && rch.state === 'interdomain' && rch.remotePort === port && rch.remoteDom === dom.domid) {
         rch.state = 'unbound';
         rch.remotePort = 0;
-        if (remote !== dom && remote.state !== 'dead') this.push(remote, [], [{ kind: 'unbound', port: ch.remotePort }]);
+        if (remote !== dom && remote.state !== 'dead') this.announce(remote, { kind: 'unbound', port: ch.remotePort }, [], null);
       }
     }
   }
@@ -764,15 +821,12 @@ export class Hypervisor {
     if (setPortPending(dom.sharedInfoI32, port, vcpu)) this.kick(dom.vcpus[vcpu]);
   }
 
-  /** Posts unsolicited handles/info to every vCPU of `dom` and wakes them. */
-  private push(dom: Domain, handles: ExtentHandle[], info: BindingInfo[] | PortInfo[]): void {
+  /** Posts unsolicited handles/info to vCPU `v` of `dom` and wakes it. */
+  private pushTo(dom: Domain, v: Vcpu, handles: ExtentHandle[], info: Array<BindingInfo | PortInfo>): void {
     if (dom.state === 'dead') return;
-    for (const v of dom.vcpus) {
-      // Each vCPU is its own heap: every one gets the buffers (logged once per domain).
-      v.port.postMessage({ push: true, handles, info });
-      Atomics.add(v.hc, I_PUSHSEQ, 1);
-      this.kick(v);
-    }
+    v.port.postMessage({ push: true, handles, info });
+    Atomics.add(v.hc, I_PUSHSEQ, 1);
+    this.kick(v);
   }
 
   private kick(v: Vcpu): void {
@@ -801,7 +855,7 @@ export class Hypervisor {
         if (dom.ramPages + pages > dom.maxPages) break;
         const fr = this.frames.alloc(dom.domid, order, 'ram');
         dom.ramPages += pages;
-        const h = this.frames.give(dom.domid, fr[0], 'increase_reservation');
+        const h = this.frames.give(dom.domid, out.vcpu, fr[0], 'increase_reservation');
         if (h) out.handles.push(h);
         writeU64(o, HC_ARGS_OFFSET + listOff + done * 8, fr[0].mfn);
       }
@@ -877,6 +931,8 @@ export class Hypervisor {
 export interface BindingInfo {
   readonly kind: 'bound';
   readonly port: number;
+  /** The vCPU this port notifies (`EVTCHNOP_bind_vcpu`; 0 until rebound). */
+  readonly vcpu: number;
   readonly remoteDom: number;
   readonly remotePort: number;
   /** Pair page (receiver = remote, sender = this domain): where sends set bits. */
@@ -899,6 +955,8 @@ export interface HandleMessage {
   readonly info: Array<BindingInfo | PortInfo>;
 }
 interface Outgoing {
+  /** The calling vCPU (handles are posted per vCPU). */
+  readonly vcpu: number;
   handles: ExtentHandle[];
   info: Array<BindingInfo | PortInfo>;
 }

@@ -25,6 +25,7 @@ import { XenbusClient } from '../xenstore/client.ts';
 import { Xenstored } from '../xenstore/xenstored.ts';
 import { connectGuestToRing, connectLocal } from '../xenstore/connect.ts';
 import { consoleGuestEnds } from '../rings/console-ring.ts';
+import { CallClient, serveCalls, type GuestOps } from '../toolstack/guest-calls.ts';
 
 const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
 /** Spin iterations in the idle loop after recent events (~20 µs). */
@@ -42,6 +43,13 @@ export interface GuestConsole {
 
 /** A guest module: its default export is called once on vCPU 0 and its result is reported to the toolstack. */
 export type GuestMain = (kernel: Kernel) => Promise<unknown> | unknown;
+/**
+ * A guest module's optional `secondary` export: called once on every vCPU but 0,
+ * after the first unpause; typically it registers {@link Kernel.serveVcpuCalls}
+ * operations through which vCPU 0 hands it work. The vCPU keeps dispatching its
+ * events after it returns.
+ */
+export type SecondaryMain = (kernel: Kernel) => Promise<void> | void;
 
 /** The kernel object handed to a guest program. */
 export class Kernel {
@@ -66,6 +74,12 @@ export class Kernel {
   readonly console: GuestConsole;
   /** Toolstack control channel (vCPU 0 only). */
   readonly control: MessagePort | null;
+  /**
+   * Channels to this domain's other vCPU workers, by vCPU index (null at our own).
+   * Prefer {@link callVcpu} / {@link serveVcpuCalls}.
+   */
+  readonly siblings: ReadonlyArray<MessagePort | null>;
+  private readonly siblingClients: Array<CallClient | null>;
   /** Frontends attached by the toolstack, by name (`xvda`, ...), filled at boot. */
   readonly devices = new Map<string, unknown>();
   private readonly wake: Int32Array;
@@ -86,6 +100,8 @@ export class Kernel {
     this.args = boot.guest.args;
     this.extra = boot.guest.extra;
     this.control = boot.controlPort;
+    this.siblings = boot.siblingPorts;
+    this.siblingClients = boot.siblingPorts.map((p, i) => (p ? new CallClient(p, `${boot.name}/vcpu${i}`) : null));
     this.spin = new SpinTokens(boot.spinTokens);
     this.hypercall = new HypercallPort(boot.hypercallPage, boot.hvWake, boot.spinTokens, boot.handlePort, (m) => this.onPush(m));
     for (const p of [boot.sharedInfo, boot.grantTable, boot.hypercallPage, ...boot.wakePages]) this.hypercall.frames.add(p);
@@ -174,6 +190,24 @@ export class Kernel {
     }
   }
 
+  /**
+   * Calls `op` on vCPU `vcpu` of this domain (which serves it with
+   * {@link serveVcpuCalls}): pvio's inter-processor call, since vCPUs do not share a heap.
+   * @param args structured-clone data (SharedArrayBuffers are shared, not copied).
+   * @throws CallError when the op throws there or no answer comes within `timeoutMs`;
+   *   Error for a vCPU index that is ours or out of range.
+   */
+  callVcpu(vcpu: number, op: string, args: unknown = {}, timeoutMs = 30_000): Promise<unknown> {
+    const c = this.siblingClients[vcpu];
+    if (!c) return Promise.reject(new Error(`vcpu ${vcpu} is not a sibling of vcpu ${this.vcpuId} (domain has ${this.nrVcpus})`));
+    return c.call(op, args, timeoutMs);
+  }
+
+  /** Serves `ops` to calls from every other vCPU of this domain ({@link callVcpu}). */
+  serveVcpuCalls(ops: GuestOps): void {
+    for (const p of this.siblings) if (p) serveCalls(p, ops);
+  }
+
   /** Registers a teardown step run (last registered first) before the domain shuts down. */
   onTeardown(fn: () => Promise<void> | void): void {
     this.teardown.push(fn);
@@ -206,9 +240,9 @@ export class Kernel {
         this.hypercall.drainPushes();
         let work = 0;
         if (!this.hypercall.isPaused()) {
-          // Every port is bound to vCPU 0 (pvio has no EVTCHNOP_bind_vcpu yet), and
-          // senders wake vCPU 0; vCPU 0 folds the pair pages for the domain.
-          if (this.vcpuId === 0) work = this.evtchn.fold();
+          // Senders wake the vCPU a port is bound to; whichever vCPU wakes folds the
+          // pair pages (raising each event on its own vCPU), then dispatches its own.
+          work = this.evtchn.fold();
           work += this.evtchn.dispatch();
         }
         if (work > 0) {
@@ -255,6 +289,8 @@ export class Kernel {
   stop(): void {
     this.stopped = true;
     clearInterval(this.keepAlive);
+    for (const c of this.siblingClients) c?.failAll('domain stopping');
+    for (const p of this.siblings) p?.close();
     Atomics.add(this.wake, I_WAKE, 1);
     Atomics.notify(this.wake, I_WAKE);
   }

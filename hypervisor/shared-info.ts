@@ -41,3 +41,10 @@ export function setPortPending(si: Int32Array, port: number, vcpu: number): bool
   raiseUpcall(si, port, vcpu);
   return true;
 }
+
+/** Whether `port` is pending and not masked in `si` (an event a vCPU would dispatch). */
+export function isPortDeliverable(si: Int32Array, port: number): boolean {
+  const w = port >> 5;
+  const bit = 1 << (port & 31);
+  return (Atomics.load(si, SI_PENDING_I32 + w) & bit) !== 0 && (Atomics.load(si, SI_MASK_I32 + w) & bit) === 0;
+}

@@ -77,6 +77,44 @@ describe('event channels across workers', () => {
   });
 });
 
+describe('EVTCHNOP_bind_vcpu: a port served by a secondary vCPU', () => {
+  let c: GuestHandle;
+  let pc: number;
+  let pb: number;
+  beforeAll(async () => {
+    c = await rpcGuest(m, 'evt-c', { vcpus: 2 });
+    pc = (await c.call('allocUnbound', { remote: b.domid })) as number;
+    pb = (await b.call('bind', { remote: c.domid, port: pc })) as number;
+    await eventually(async () => ((await b.call('evtCount', { port: pb })) as number) >= 1, 5000, 'bind event');
+  });
+
+  it('moves delivery to vCPU 1: its handler runs there, vCPU 0 sees nothing, and vCPU 1 sends back', async () => {
+    await c.call('onVcpu', { vcpu: 1, op: 'listen', args: { port: pc } });
+    await c.call('bindVcpu', { port: pc, vcpu: 1 });
+    expect(await c.call('status', { port: pc })).toMatchObject({ status: EVTCHNSTAT.interdomain, vcpu: 1 });
+    // vCPU 1 learned the binding too (the hypervisor announces it to every vCPU).
+    expect(await c.call('onVcpu', { vcpu: 1, op: 'vcpuOf', args: { port: pc } })).toBe(1);
+    const on0 = (await c.call('evtCount', { port: pc })) as number;
+    for (let i = 1; i <= 5; i++) {
+      await b.call('notify', { port: pb });
+      await eventually(async () => ((await c.call('onVcpu', { vcpu: 1, op: 'evtCount', args: { port: pc } })) as number) >= i, 5000, `event ${i} on vcpu 1`);
+    }
+    expect(await c.call('evtCount', { port: pc })).toBe(on0);
+    const before = (await b.call('evtCount', { port: pb })) as number;
+    await c.call('onVcpu', { vcpu: 1, op: 'notify', args: { port: pc } });
+    await eventually(async () => ((await b.call('evtCount', { port: pb })) as number) === before + 1, 5000, 'event from vcpu 1');
+    // And back to vCPU 0.
+    await c.call('bindVcpu', { port: pc, vcpu: 0 });
+    await b.call('notify', { port: pb });
+    await eventually(async () => ((await c.call('evtCount', { port: pc })) as number) === on0 + 1, 5000, 'event on vcpu 0 again');
+  });
+
+  it('refuses a vCPU the domain does not have (ENOENT) and a closed port (EINVAL)', async () => {
+    await expect(c.call('bindVcpu', { port: pc, vcpu: 2 })).rejects.toThrow(/ENOENT/);
+    await expect(c.call('bindVcpu', { port: 999, vcpu: 1 })).rejects.toThrow(/EINVAL/);
+  });
+});
+
 describe('masking and pausing', () => {
   let pa: number;
   let pb: number;

@@ -43,11 +43,14 @@ describe('frame table', () => {
     expect(ft.get(f.mfn)).toBe(f);
   });
 
-  it('posts an extent to a domain once and logs it', () => {
+  it('posts an extent to each vCPU of a domain once and logs it once per domain', () => {
     const ft = new FrameTable();
     const [f] = ft.alloc(d(1), 0);
-    expect(ft.give(d(1), f, 'test')).not.toBeNull();
-    expect(ft.give(d(1), f, 'again')).toBeNull();
+    expect(ft.give(d(1), 0, f, 'test')).not.toBeNull();
+    expect(ft.give(d(1), 0, f, 'again')).toBeNull();
+    // vCPU 1 is another heap: it needs the buffer too.
+    expect(ft.give(d(1), 1, f, 'other vcpu')?.buffer).toBe(f.buffer);
+    expect(ft.give(d(1), 1, f, 'again')).toBeNull();
     expect(ft.log).toEqual([{ domid: 1, extentBase: f.mfn, pages: 1, owner: 1, reason: 'test' }]);
   });
 });
@@ -59,12 +62,12 @@ describe('handle audit', () => {
     const [other] = hv.frames.alloc(d(2), 0);
     const [shared] = hv.frames.alloc(DOMID_XEN, 0, 'wake', [d(1)]);
     const [notShared] = hv.frames.alloc(DOMID_XEN, 0, 'wake', [d(3)]);
-    hv.frames.give(d(1), own, 'ram');
-    hv.frames.give(d(1), other, 'map_grant_ref dom2 ref 9');
-    hv.frames.give(d(1), shared, 'wake page');
+    hv.frames.give(d(1), 0, own, 'ram');
+    hv.frames.give(d(1), 0, other, 'map_grant_ref dom2 ref 9');
+    hv.frames.give(d(1), 0, shared, 'wake page');
     expect(hv.auditHandles().violations).toEqual([]);
-    hv.frames.give(d(3), other, 'increase_reservation');
-    hv.frames.give(d(1), notShared, 'wake page');
+    hv.frames.give(d(3), 0, other, 'increase_reservation');
+    hv.frames.give(d(1), 0, notShared, 'wake page');
     const v = hv.auditHandles().violations;
     expect(v).toHaveLength(2);
     expect(v[0]).toMatch(/dom3 got frame \d+ of dom2/);

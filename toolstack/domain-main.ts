@@ -13,7 +13,7 @@
  */
 import { SHUTDOWN } from '../hypervisor/abi.ts';
 import type { BootInfo } from '../hypervisor/boot.ts';
-import { Kernel, type GuestMain } from '../hypervisor/kernel.ts';
+import { Kernel, type GuestMain, type SecondaryMain } from '../hypervisor/kernel.ts';
 import { probeBlkfronts } from '../blkfront/xenbus.ts';
 
 /** Worker entry, called by the bootstrap with `workerData`. */
@@ -22,7 +22,16 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
   const idle = k.runIdleLoop();
   await k.waitUnpaused();
   if (k.vcpuId !== 0) {
-    // Secondary vCPUs serve the events bound to them until the domain is destroyed.
+    // Secondary vCPUs run the guest module's `secondary` export if it has one (work
+    // vCPU 0 hands them through k.callVcpu), then serve the events bound to them
+    // until the domain is destroyed.
+    try {
+      const mod = (await import(data.boot.guest.module)) as { secondary?: SecondaryMain };
+      if (typeof mod.secondary === 'function') await mod.secondary(k);
+    } catch (e) {
+      k.console.log(`vcpu ${k.vcpuId} crashed: ${e instanceof Error && e.stack ? e.stack : String(e)}`);
+      k.shutdown(SHUTDOWN.crash);
+    }
     await idle;
     return;
   }

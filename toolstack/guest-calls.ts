@@ -28,3 +28,58 @@ export function serveCalls(control: MessagePort, ops: GuestOps): void {
     })();
   });
 }
+
+/** A call made through a {@link CallClient} failed: the peer's operation threw, or no answer came in time. */
+export class CallError extends Error {
+  constructor(message: string, readonly timedOut = false) {
+    super(message);
+    this.name = 'CallError';
+  }
+}
+
+/**
+ * The calling side of {@link serveCalls}: posts `{type: 'call', id, op, args}` on
+ * `port` and settles each call with its `reply`, or rejects it after a deadline.
+ */
+export class CallClient {
+  private nextId = 0;
+  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
+
+  /** @param name who is called, for error messages. */
+  constructor(private readonly port: MessagePort, private readonly name: string) {
+    port.on('message', (m: { type?: string; id?: number; ok?: boolean; value?: unknown; error?: string }) => {
+      if (m?.type !== 'reply' || m.id === undefined) return;
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      clearTimeout(p.timer);
+      if (m.ok) p.resolve(m.value);
+      else p.reject(new CallError(`${this.name}: ${m.error ?? 'call failed'}`));
+    });
+  }
+
+  /**
+   * Calls `op` with `args` (structured clone).
+   * @throws CallError when the operation throws on the other side or no reply comes within `timeoutMs`.
+   */
+  call(op: string, args: unknown, timeoutMs: number): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const id = ++this.nextId;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CallError(`${this.name}: call ${op} got no answer within ${timeoutMs} ms`, true));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.port.postMessage({ type: 'call', id, op, args });
+    });
+  }
+
+  /** Rejects every call still waiting (the peer is gone). */
+  failAll(why: string): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new CallError(`${this.name}: ${why}`));
+    }
+    this.pending.clear();
+  }
+}

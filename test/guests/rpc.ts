@@ -102,6 +102,9 @@ export default function main(k: Kernel): Promise<unknown> {
       }
     },
     closePort: (a) => k.evtchn.close(a.port),
+    bindVcpu: (a) => k.evtchn.bindVcpu(a.port, a.vcpu),
+    /** Runs op `a.op` on vCPU `a.vcpu` (served by {@link secondary}). */
+    onVcpu: (a) => k.callVcpu(a.vcpu, a.op, a.args ?? {}),
     mask: (a) => k.evtchn.mask(a.port),
     unmask: (a) => k.evtchn.unmask(a.port),
     allocExtent: (a) => {
@@ -252,4 +255,18 @@ export default function main(k: Kernel): Promise<unknown> {
 
   serveCalls(ctl, ops);
   return done;
+}
+
+/**
+ * vCPUs 1..n of the test guest: count the events of ports handed to them, send,
+ * and report their own event-channel counters (each vCPU is its own heap).
+ */
+export function secondary(k: Kernel): void {
+  const counts = new Map<number, number>();
+  k.serveVcpuCalls({
+    listen: (a: Args) => k.evtchn.on(a.port, (p) => void counts.set(p, (counts.get(p) ?? 0) + 1)),
+    evtCount: (a: Args) => counts.get(a.port) ?? 0,
+    notify: (a: Args) => k.evtchn.notify(a.port),
+    vcpuOf: (a: Args) => k.evtchn.vcpuOf(a.port),
+  });
 }
