@@ -17,7 +17,8 @@
  *   variants (each a guest with its own disk spec on the same file): `default`
  *   (persistent grants, indirect descriptors, 16-page rings, queues = min(vCPUs, 4)
  *   = 1), `persistent-off`, `indirect-off`, `ring-1page`, `queues-1` / `queues-2`
- *   (2 vCPUs), `odirect-bounce` (direct=1, the store answers synchronously) and
+ *   (2 guest vCPUs; dom0 has 2 vCPUs, so queue 1 is served by dom0's vCPU 1),
+ *   `odirect-bounce` (direct=1, the store answers synchronously) and
  *   `odirect-bounce-async` (direct=1 with the store's asynchronous mode, libuv);
  * - `readSync`: `fs.readSync`/`fs.writeSync` in one thread (a worker,
  *   bench/workers/blk-baseline-worker.ts) — the native floor, one request at a time;
@@ -97,7 +98,7 @@ const V = {
   indirectOff: { name: 'indirect-off', spec: 'max-indirect-segments=0,', vcpus: 1, description: 'max-indirect-segments=0: at most 11 pages per blkif request' },
   ring1: { name: 'ring-1page', spec: 'max-ring-page-order=0,', vcpus: 1, description: 'max-ring-page-order=0: one-page rings (32 entries) instead of 16 pages (512)' },
   queues1: { name: 'queues-1', spec: 'max-queues=1,', vcpus: 2, description: '2 vCPUs, max-queues=1' },
-  queues2: { name: 'queues-2', spec: 'max-queues=2,', vcpus: 2, description: '2 vCPUs, max-queues=2: two rings and event channels' },
+  queues2: { name: 'queues-2', spec: 'max-queues=2,', vcpus: 2, description: '2 vCPUs, max-queues=2: two rings and event channels, queue 1 served by dom0\'s vCPU 1' },
   odirect: { name: 'odirect-bounce', spec: 'direct=1,', vcpus: 1, direct: true, description: 'direct=1: DirectFileStore, O_DIRECT through an aligned bounce pool, synchronous store' },
   odirectAsync: { name: 'odirect-bounce-async', spec: 'direct=1,', vcpus: 1, asyncStore: true, direct: true, description: 'direct=1 with the store\'s asynchronous mode (libuv thread pool)' },
 } satisfies Record<string, Variant>;
@@ -383,6 +384,8 @@ class PvioDriver {
   async boot(): Promise<void> {
     this.m = await Machine.boot({
       spinTokenBuffer: this.tokens,
+      // Two dom0 vCPUs: queue 1 of a two-queue disk runs on its own thread (single-queue disks stay on vCPU 0).
+      dom0Vcpus: 2,
       onConsole: (domain, line) => this.log(`[${domain}] ${line}`),
     });
   }

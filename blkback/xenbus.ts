@@ -32,22 +32,18 @@
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/xenbus.c
  */
-import { PvioError, ProtocolError } from '../rings/errors.ts';
 import { blkifAbi, VDISK_READONLY, SECTOR_SIZE, XEN_IO_PROTO_ABI_X86_32, type BlkifProtocol } from '../rings/blkif.ts';
-import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
 import { blkbackFeatures, type BlkbackFeatures } from './features.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import { XenbusState, switchState, readState, readUintKey } from '../xenstore/xenbus.ts';
 import type { Unwatch } from '../xenstore/client.ts';
-import { BlkbackRing, BlkbackScheduler, StoreMux, newBlkbackCounters, type BlkbackCounters } from './blkback.ts';
+import { BlkbackScheduler, StoreMux, newBlkbackCounters, type BlkbackCounters } from './blkback.ts';
 import type { StorageBackend } from './storage.ts';
+import { BlkbackError, BlkbackQueue, type BlkbackQueueParams, type BlkbackQueueStats } from './queue.ts';
+import type { StoreContext, StoreDisk } from './open-store.ts';
+import type { RemoteQueueConnect } from './vcpu-queues.ts';
 
-/** The backend could not connect (bad keys, a grant that does not map...). */
-export class BlkbackError extends PvioError {
-  constructor(message: string) {
-    super('PVIO_ERR_BLKBACK', message);
-  }
-}
+export { BlkbackError } from './queue.ts';
 
 /** What the toolstack asks blkback to serve. */
 export interface BlkbackDeviceOptions {
@@ -61,14 +57,31 @@ export interface BlkbackDeviceOptions {
   readonly features?: Partial<BlkbackFeatures>;
   /** Test hook: delay before writing InitWait (ms), to exercise the frontend's shortcut. */
   readonly initWaitDelayMs?: number;
+  /**
+   * How another vCPU of dom0 opens this disk's store (the same target; see
+   * `storeIsShareable` in vcpu-queues.ts). When set and dom0 has several vCPUs,
+   * queue N is served by vCPU N mod nrVcpus; otherwise vCPU 0 serves every queue.
+   */
+  readonly share?: { readonly disk: StoreDisk; readonly ctx: StoreContext };
 }
 
-/** One connected queue: its ring, port and ring mappings. */
+/** One connected queue: served here (`local`) or by another vCPU under `key`. */
 interface Queue {
-  ring: BlkbackRing;
-  port: EvtchnPort;
-  handles: GrantHandle[];
+  readonly vcpu: number;
+  readonly key: string;
+  readonly local: BlkbackQueue | null;
 }
+
+/** Device counters: the data path summed over connections and queues, and the state now. */
+export type BlkbackDeviceCounters = BlkbackCounters & {
+  state: string;
+  inFlight: number;
+  persistentGrants: number;
+  slotsConsumed: number;
+  slotCopies: number;
+  /** Requests consumed per queue of the current connection, and the vCPU serving each. */
+  queues: Array<{ vcpu: number; requests: number }>;
+};
 
 /** One virtual block device, backend side. */
 export class BlkbackDevice {
@@ -86,6 +99,8 @@ export class BlkbackDevice {
   private readonly past: BlkbackCounters = newBlkbackCounters();
   /** Ring slots consumed and copied out over past connections (see {@link counters}). */
   private readonly pastRing = { slotsConsumed: 0, slotCopies: 0 };
+  /** Connections made so far (names remote queues uniquely). */
+  private connections = 0;
   /** A protocol error that disabled a ring, if any. */
   protocolError: string | null = null;
   /** What the current connection negotiated (for reports). */
@@ -114,21 +129,44 @@ export class BlkbackDevice {
   /**
    * Counters of the data path, over all connections and queues; `slotsConsumed` and
    * `slotCopies` count ring slots taken and slot copies made by the one copying
-   * accessor (equal when no request was read twice).
+   * accessor (equal when no request was read twice). Queues served by other vCPUs
+   * are asked for theirs.
+   * @throws CallError when a vCPU serving a queue does not answer.
    */
-  counters(): BlkbackCounters & { state: string; inFlight: number; persistentGrants: number; slotsConsumed: number; slotCopies: number } {
+  async counters(): Promise<BlkbackDeviceCounters> {
     const c = { ...this.past };
-    for (const q of this.queues) for (const [key, v] of Object.entries(q.ring.counters)) c[key as keyof BlkbackCounters] += v;
+    let { slotsConsumed, slotCopies } = this.pastRing;
     let inFlight = 0;
     let persistentGrants = 0;
-    let { slotsConsumed, slotCopies } = this.pastRing;
-    for (const q of this.queues) {
-      inFlight += q.ring.inFlight();
-      persistentGrants += q.ring.persistentGrants();
-      slotsConsumed += q.ring.ring.counters.requestsConsumed;
-      slotCopies += q.ring.ring.counters.requestCopies;
+    const queues: BlkbackDeviceCounters['queues'] = [];
+    for (const st of await this.queueStats()) {
+      if (!st) continue;
+      for (const [key, v] of Object.entries(st.counters)) c[key as keyof BlkbackCounters] += v;
+      inFlight += st.inFlight;
+      persistentGrants += st.persistentGrants;
+      slotsConsumed += st.slotsConsumed;
+      slotCopies += st.slotCopies;
+      queues.push({ vcpu: st.vcpu, requests: st.counters.requests });
     }
-    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants, slotsConsumed, slotCopies };
+    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants, slotsConsumed, slotCopies, queues };
+  }
+
+  /** Each current queue's stats, in queue order (null for a queue its vCPU no longer knows). */
+  private async queueStats(): Promise<Array<BlkbackQueueStats | null>> {
+    const qs = this.queues;
+    const remote = new Map<number, string[]>();
+    for (const q of qs) if (!q.local) remote.set(q.vcpu, [...(remote.get(q.vcpu) ?? []), q.key]);
+    const got = new Map<string, BlkbackQueueStats | null>();
+    await Promise.all([...remote].map(async ([vcpu, keys]) => {
+      const r = (await this.k.callVcpu(vcpu, 'blkback.stats', { keys })) as Array<BlkbackQueueStats | null>;
+      keys.forEach((key, i) => got.set(key, r[i]));
+    }));
+    return qs.map((q) => (q.local ? q.local.stats() : got.get(q.key) ?? null));
+  }
+
+  /** A queue served by another vCPU was disabled by `message` (reported by that vCPU). */
+  remoteRingError(key: string, message: string): void {
+    if (this.queues.some((q) => q.key === key)) this.protocolError = message;
   }
 
   /**
@@ -207,25 +245,41 @@ export class BlkbackDevice {
     const xb = this.k.xenbus;
     const f = this.features;
     const protocol = ((await xb.readOptional(`${this.frontendDir}/protocol`)) ?? XEN_IO_PROTO_ABI_X86_32) as BlkifProtocol;
-    const abi = blkifAbi(protocol);
+    blkifAbi(protocol); // @throws for a protocol we do not speak, before anything is mapped
     const order = await this.frontUint('ring-page-order', 0);
     if (order > f.maxRingPageOrder) throw new BlkbackError(`ring-page-order ${order} over the advertised ${f.maxRingPageOrder}`);
     const nq = await this.frontUint('multi-queue-num-queues', 1);
     if (nq < 1 || nq > f.maxQueues) throw new BlkbackError(`multi-queue-num-queues ${nq} not in 1..${f.maxQueues}`);
     const persistent = f.persistent && (await this.frontUint('feature-persistent', 0)) === 1;
     // Read every queue's keys first: nothing is mapped if one is bad.
-    const want: Array<{ refs: GrantRef[]; evtchn: number }> = [];
+    const want: Array<{ refs: number[]; evtchn: number }> = [];
     for (let q = 0; q < nq; q++) {
       const qkey = nq > 1 ? `queue-${q}/` : '';
-      const refs: GrantRef[] = [];
-      if (order === 0) refs.push((await this.frontUint(`${qkey}ring-ref`, -1)) as GrantRef);
-      else for (let i = 0; i < 1 << order; i++) refs.push((await this.frontUint(`${qkey}ring-ref${i}`, -1)) as GrantRef);
+      const refs: number[] = [];
+      if (order === 0) refs.push(await this.frontUint(`${qkey}ring-ref`, -1));
+      else for (let i = 0; i < 1 << order; i++) refs.push(await this.frontUint(`${qkey}ring-ref${i}`, -1));
       const evtchn = await this.frontUint(`${qkey}event-channel`, -1);
       if (refs.some((r) => r < 0) || evtchn <= 0) throw new BlkbackError(`dom${this.opts.frontDomid} wrote no ${qkey}ring-ref/event-channel`);
       want.push({ refs, evtchn });
     }
+    const conn = ++this.connections;
+    const share = this.opts.share && this.k.nrVcpus > 1 ? this.opts.share : null;
     try {
-      for (const w of want) this.queues.push(this.connectQueue(w.refs, w.evtchn, abi, persistent));
+      for (const [i, w] of want.entries()) {
+        const params: BlkbackQueueParams = {
+          name: this.opts.name, frontDomid: this.opts.frontDomid, refs: w.refs, evtchn: w.evtchn, protocol,
+          persistent, sectors: this.sectors, readOnly: this.opts.readOnly, features: f,
+        };
+        const key = `${this.opts.frontDomid}/${this.opts.devid}/${conn}/${i}`;
+        const vcpu = share ? i % this.k.nrVcpus : 0;
+        if (vcpu === 0) {
+          const local = BlkbackQueue.connect(this.k, this.sched, this.mux, params, (message) => (this.protocolError = message));
+          this.queues.push({ vcpu, key, local });
+        } else {
+          await this.k.callVcpu(vcpu, 'blkback.connect', { key, disk: share!.disk, ctx: share!.ctx, params } satisfies RemoteQueueConnect);
+          this.queues.push({ vcpu, key, local: null });
+        }
+      }
     } catch (e) {
       await this.disconnect();
       throw e;
@@ -239,63 +293,25 @@ export class BlkbackDevice {
       await tx.write(`${this.backendDir}/state`, String(XenbusState.Connected));
     });
     this.state = XenbusState.Connected;
-    for (const q of this.queues) this.sched.kick(q.ring);
+    for (const q of this.queues) if (q.local) this.sched.kick(q.local.ring);
   }
 
-  /** Maps one queue's ring pages (one extent of the frontend's) and binds its port. */
-  private connectQueue(refs: GrantRef[], evtchn: number, abi: ReturnType<typeof blkifAbi>, persistent: boolean): Queue {
-    const domid = this.opts.frontDomid;
-    let handles: GrantHandle[];
-    let mem: Uint8Array;
-    if (refs.length === 1) {
-      const [m] = this.k.gnttab.map([{ domid, ref: refs[0], readonly: false }]);
-      if (m.status !== GNTST.okay) throw new BlkbackError(`ring-ref ${refs[0]} of dom${domid} does not map (${m.status})`);
-      handles = [m.handle];
-      mem = m.page!.subarray(0, PAGE_SIZE);
-    } else {
-      try {
-        ({ handles, bytes: mem } = this.k.gnttab.mapRing(domid, refs));
-      } catch (e) {
-        throw new BlkbackError(`ring of dom${domid} does not map: ${(e as Error).message}`);
-      }
-    }
-    let port: EvtchnPort;
-    try {
-      port = this.k.evtchn.bindInterdomain(domid, evtchn);
-    } catch (e) {
-      this.k.gnttab.unmap(handles);
-      throw e;
-    }
-    const ring: BlkbackRing = new BlkbackRing({
-      frontDomid: domid, ringMem: mem, port, abi, mux: this.mux, sectors: this.sectors,
-      readOnly: this.opts.readOnly, features: this.features, persistent,
-      onRingError: (e: Error) => {
-        this.protocolError = e.message;
-        const why = e instanceof ProtocolError ? `frontend dom${domid} broke the protocol` : 'serving the ring failed';
-        this.k.console.log(`blkback ${this.opts.name}: ${why}, ring disabled: ${e.message}`);
-      },
-      kick: () => this.sched.kick(ring),
-    }, this.k.evtchn, this.k.gnttab);
-    this.k.evtchn.on(port, () => this.sched.kick(ring));
-    return { ring, port, handles };
-  }
-
-  /** Stops the rings, waits for the store, closes the ports and unmaps the rings. */
+  /** Stops every queue (here or on its vCPU), adding its final counters to the past ones. */
   private async disconnect(): Promise<void> {
     const queues = this.queues;
     this.queues = [];
     for (const q of queues) {
-      await q.ring.close();
-      for (const [key, v] of Object.entries(q.ring.counters)) this.past[key as keyof BlkbackCounters] += v;
-      this.pastRing.slotsConsumed += q.ring.ring.counters.requestsConsumed;
-      this.pastRing.slotCopies += q.ring.ring.counters.requestCopies;
-      this.k.evtchn.off(q.port);
+      let st: BlkbackQueueStats | null;
       try {
-        this.k.evtchn.close(q.port);
-      } catch {
-        /* already closed */
+        st = q.local ? await q.local.close() : ((await this.k.callVcpu(q.vcpu, 'blkback.disconnect', { key: q.key })) as BlkbackQueueStats | null);
+      } catch (e) {
+        this.k.console.log(`blkback ${this.opts.name}: queue ${q.key} on vcpu ${q.vcpu} did not close: ${(e as Error).message}`);
+        continue;
       }
-      this.k.gnttab.unmap(q.handles);
+      if (!st) continue;
+      for (const [key, v] of Object.entries(st.counters)) this.past[key as keyof BlkbackCounters] += v;
+      this.pastRing.slotsConsumed += st.slotsConsumed;
+      this.pastRing.slotCopies += st.slotCopies;
     }
   }
 
@@ -310,7 +326,10 @@ export class BlkbackDevice {
       this.serialize(async () => {
         try {
           await this.opts.store.resize(sizeBytes);
-          for (const q of this.queues) q.ring.setSectors(this.sectors);
+          for (const q of this.queues) {
+            if (q.local) q.local.setSectors(this.sectors);
+            else await this.k.callVcpu(q.vcpu, 'blkback.resize', { key: q.key, sizeBytes });
+          }
           if (this.state === XenbusState.Connected) {
             await this.k.xenbus.transaction(async (tx) => {
               await tx.write(`${this.backendDir}/sectors`, String(this.sectors));

@@ -25,7 +25,7 @@ import { XenbusClient } from '../xenstore/client.ts';
 import { Xenstored } from '../xenstore/xenstored.ts';
 import { connectGuestToRing, connectLocal } from '../xenstore/connect.ts';
 import { consoleGuestEnds } from '../rings/console-ring.ts';
-import { CallClient, serveCalls, type GuestOps } from '../toolstack/guest-calls.ts';
+import { CallClient, answerCall, type CallMessage, type GuestOps } from '../toolstack/guest-calls.ts';
 
 const I_WAKE = WAKE_PAGE.fields.wake.offset >> 2;
 /** Spin iterations in the idle loop after recent events (~20 µs). */
@@ -80,6 +80,9 @@ export class Kernel {
    */
   readonly siblings: ReadonlyArray<MessagePort | null>;
   private readonly siblingClients: Array<CallClient | null>;
+  private readonly vcpuOps: GuestOps = {};
+  /** Calls from other vCPUs that came before this vCPU served any operation. */
+  private vcpuCallsEarly: Array<[MessagePort, CallMessage]> | null = [];
   /** Frontends attached by the toolstack, by name (`xvda`, ...), filled at boot. */
   readonly devices = new Map<string, unknown>();
   private readonly wake: Int32Array;
@@ -102,6 +105,13 @@ export class Kernel {
     this.control = boot.controlPort;
     this.siblings = boot.siblingPorts;
     this.siblingClients = boot.siblingPorts.map((p, i) => (p ? new CallClient(p, `${boot.name}/vcpu${i}`) : null));
+    for (const p of boot.siblingPorts) {
+      p?.on('message', (m: CallMessage) => {
+        if (m?.type !== 'call') return;
+        if (this.vcpuCallsEarly) this.vcpuCallsEarly.push([p, m]);
+        else answerCall(p, this.vcpuOps, m);
+      });
+    }
     this.spin = new SpinTokens(boot.spinTokens);
     this.hypercall = new HypercallPort(boot.hypercallPage, boot.hvWake, boot.spinTokens, boot.handlePort, (m) => this.onPush(m));
     for (const p of [boot.sharedInfo, boot.grantTable, boot.hypercallPage, ...boot.wakePages]) this.hypercall.frames.add(p);
@@ -203,9 +213,16 @@ export class Kernel {
     return c.call(op, args, timeoutMs);
   }
 
-  /** Serves `ops` to calls from every other vCPU of this domain ({@link callVcpu}). */
+  /**
+   * Serves `ops` to calls from every other vCPU of this domain ({@link callVcpu});
+   * later calls add to (or replace) the operations served. Calls that arrive before
+   * the first one wait for it (then an op still unknown is answered with an error).
+   */
   serveVcpuCalls(ops: GuestOps): void {
-    for (const p of this.siblings) if (p) serveCalls(p, ops);
+    Object.assign(this.vcpuOps, ops);
+    const early = this.vcpuCallsEarly;
+    this.vcpuCallsEarly = null;
+    for (const [p, m] of early ?? []) answerCall(p, this.vcpuOps, m);
   }
 
   /** Registers a teardown step run (last registered first) before the domain shuts down. */

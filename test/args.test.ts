@@ -45,7 +45,7 @@ describe('parseCli: good command lines', () => {
   });
 
   it('USAGE names every command and option', () => {
-    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress', '--nbd PORT', '--nbd-socket PATH', '--read-only']) {
+    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress', '--nbd PORT', '--nbd-socket PATH', '--read-only', '--dom0-vcpus N']) {
       expect(USAGE).toContain(word);
     }
   });
@@ -108,6 +108,17 @@ describe('parseCli: the NBD export', () => {
     expect(usageError(['up', '--disk', 'd', '--nbd', '1', '--scratch-mib', '8'])).toBe("option '--scratch-mib' does not apply with '--nbd'");
     expect(usageError(['up', '--nbd-socket', 's'])).toBe("option '--nbd-socket' needs --disk FILE");
     expect(usageError(['up', '--disk', 'd', '--read-only'])).toBe("option '--read-only' needs --nbd or --nbd-socket");
+  });
+});
+
+describe('parseCli: --dom0-vcpus', () => {
+  it('takes 1 to 32 and is absent by default', () => {
+    expect(parseCli(['up', '--dom0-vcpus', '2'])).toMatchObject({ command: 'up', dom0Vcpus: 2 });
+    expect(parseCli(['up', '--dom0-vcpus=32', '--disk', 'd.img', '--nbd', '0'])).toMatchObject({ dom0Vcpus: 32, nbd: { listen: { port: 0 } } });
+    expect(parseCli(['up'])).not.toHaveProperty('dom0Vcpus');
+    for (const bad of ['0', '33', 'two', '1.5', '-1', '0x2']) {
+      expect(usageError(['up', `--dom0-vcpus=${bad}`]), bad).toMatch(/^option '--dom0-vcpus' needs a whole number from 1 to 32/);
+    }
   });
 });
 

@@ -387,6 +387,7 @@ describe('bench ring with a pvio case plugged in', () => {
       'pvio-notifications-at-saturation/1p-b8-block', 'pvio-idle-cpu']) {
       const g = r.ratios.find((x: { id: string }) => x.id === id);
       expect(g, id).toBeDefined();
+      expect(g.value, `${id}: ${g.note ?? ''}`).not.toBeNull();
       expect(g.value, id).toBeGreaterThan(0);
       expect(typeof g.met, id).toBe('boolean');
     }

@@ -39,6 +39,9 @@ Options for 'up':
                       qemu-io or fio at nbd://127.0.0.1:PORT
   --nbd-socket PATH   the same on the Unix socket PATH (nbd+unix:///?socket=PATH)
   --read-only         with --nbd or --nbd-socket: attach FILE read-only
+  --dom0-vcpus N      dom0's vCPUs, 1 to 32 (default 1; Xen's dom0_max_vcpus): with
+                      several, queue N of a multi-queue disk is served by dom0 vCPU
+                      N mod this number
 
 Options anywhere:
   -h, --help          show this help
@@ -74,7 +77,12 @@ export interface UpCommand {
    * from the NBD guest; absent otherwise. Only with `disk` and without `config`.
    */
   nbd?: { listen: NbdListen; readOnly: boolean };
+  /** `--dom0-vcpus N`: dom0's vCPUs, 1..{@link MAX_DOM0_VCPUS}; absent when not given (1). */
+  dom0Vcpus?: number;
 }
+
+/** Most vCPUs a domain may have (the hypervisor's limit). */
+export const MAX_DOM0_VCPUS = 32;
 
 /** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
 export interface BenchCommand {
@@ -99,6 +107,7 @@ const OPTIONS = {
   nbd: { type: 'string' },
   'nbd-socket': { type: 'string' },
   'read-only': { type: 'boolean' },
+  'dom0-vcpus': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -201,6 +210,12 @@ export function parseCli(argv: string[]): Cli {
       throw new UsageError(`option '--scratch-mib' needs a whole number of MiB from 1 to ${MAX_SCRATCH_MIB}, got ${q(scratch)}`);
     }
     out.scratchMiB = n;
+  }
+  const dom0Vcpus = seen.get('dom0-vcpus');
+  if (typeof dom0Vcpus === 'string') {
+    const n = /^[0-9]{1,3}$/.test(dom0Vcpus) ? Number(dom0Vcpus) : NaN;
+    if (!(n >= 1 && n <= MAX_DOM0_VCPUS)) throw new UsageError(`option '--dom0-vcpus' needs a whole number from 1 to ${MAX_DOM0_VCPUS}, got ${q(dom0Vcpus)}`);
+    out.dom0Vcpus = n;
   }
   const port = seen.get('nbd');
   const path = seen.get('nbd-socket');

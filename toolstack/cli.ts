@@ -157,6 +157,7 @@ export async function main(argv: string[]): Promise<number> {
   let progress: ReturnType<typeof createProgress> | null = null;
   // Guest console lines come through dom0; printing them here keeps them off a live bar's line.
   const machine = await Machine.boot({
+    dom0Vcpus: cmd.dom0Vcpus,
     onConsole: (domain, line) => {
       const text = `[${domain}] ${line}\n`;
       if (progress) progress.log(text);

@@ -16,6 +16,7 @@ import { consoleDom0Ends } from '../rings/console-ring.ts';
 import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
 import { openStore } from '../blkback/open-store.ts';
+import { serveBlkbackQueues, storeIsShareable } from '../blkback/vcpu-queues.ts';
 import type { StoreSpec } from '../blkback/storage.ts';
 import type { BlkbackFeatures } from '../blkback/features.ts';
 
@@ -66,6 +67,13 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   };
   /** Final counters of devices whose domain is gone, by device name. */
   const retired: Record<string, unknown> = {};
+  // Queues served by dom0's other vCPUs report their protocol errors here.
+  k.serveVcpuCalls({
+    'blkback.ringError': (a: { key: string; message: string }) => {
+      const [domid, devid] = a.key.split('/').map(Number);
+      guests.get(domid)?.disks.find((d) => d.opts.devid === devid)?.remoteRingError(a.key, a.message);
+    },
+  });
   await xs.write('/local/domain/0/name', 'Domain-0');
   await xs.write('/local/domain/0/domid', '0');
 
@@ -127,7 +135,9 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const g = guests.get(r.domid);
     if (!g) throw new Error(`dom${r.domid} is not introduced`);
     // The asynchronous mode completes through libuv by request id, possibly out of order.
-    const store = await openStore({ path: r.path, readOnly: r.readOnly, store: r.store }, { domid: r.domid, sync: !r.asyncStore });
+    const disk = { path: r.path, readOnly: r.readOnly, store: r.store };
+    const ctx = { domid: r.domid, sync: !r.asyncStore };
+    const store = await openStore(disk, ctx);
     const be = `/local/domain/0/backend/vbd/${r.domid}/${r.virtualDevice}`;
     const fe = `/local/domain/${r.domid}/device/vbd/${r.virtualDevice}`;
     // The toolstack's part of the handshake: both directories, both Initialising.
@@ -153,6 +163,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const dev = new BlkbackDevice(k, sched, {
       frontDomid: r.domid, devid: r.virtualDevice, name: `${g.name}/${r.vdev}`, store, readOnly: r.readOnly,
       features: r.features, initWaitDelayMs: r.initWaitDelayMs,
+      // dom0's other vCPUs may serve queues of a store that can be opened once per vCPU.
+      share: storeIsShareable(r.store) ? { disk, ctx } : undefined,
     });
     g.disks.push(dev);
     const started = dev.start();
@@ -160,8 +172,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     else void started;
   }
 
-  function diskStats(d: BlkbackDevice): unknown {
-    return { ...d.counters(), sectors: d.sectors, protocolError: d.protocolError, features: d.features, negotiated: d.negotiated };
+  async function diskStats(d: BlkbackDevice): Promise<unknown> {
+    return { ...(await d.counters()), sectors: d.sectors, protocolError: d.protocolError, features: d.features, negotiated: d.negotiated };
   }
 
   const tearing = new Map<number, Promise<void>>();
@@ -171,7 +183,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     p = (async () => {
       for (const d of g.disks) {
         await d.destroy();
-        retired[d.opts.name] = diskStats(d);
+        retired[d.opts.name] = await diskStats(d);
       }
       try {
         g.console.drain();
@@ -196,9 +208,9 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     return p;
   }
 
-  function stats(): unknown {
+  async function stats(): Promise<unknown> {
     const disks: Record<string, unknown> = { ...retired };
-    for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = diskStats(d);
+    for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = await diskStats(d);
     return {
       disks, console: { ...consoleCounters }, releaseDomainEvents, xenstored: { ...xenstored.counters },
       guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
@@ -227,7 +239,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             if (g) await teardownGuest(g);
             break;
           }
-          case 'stats': value = stats(); break;
+          case 'stats': value = await stats(); break;
           case 'console': forwardConsole = req.forward; break;
           case 'shutdown':
             for (const g of [...guests.values()]) await teardownGuest(g);
@@ -243,4 +255,9 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   control.postMessage({ type: 'ready' } satisfies Dom0Reply);
   await done;
   return stats();
+}
+
+/** dom0's other vCPUs: they serve the blkback queues vCPU 0 hands them (blkback/vcpu-queues.ts). */
+export function secondary(k: Kernel): void {
+  serveBlkbackQueues(k);
 }

@@ -28,6 +28,7 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
     try {
       const mod = (await import(data.boot.guest.module)) as { secondary?: SecondaryMain };
       if (typeof mod.secondary === 'function') await mod.secondary(k);
+      k.serveVcpuCalls({}); // answer calls now, whether or not `secondary` served any
     } catch (e) {
       k.console.log(`vcpu ${k.vcpuId} crashed: ${e instanceof Error && e.stack ? e.stack : String(e)}`);
       k.shutdown(SHUTDOWN.crash);

@@ -15,18 +15,30 @@ export type GuestOps = Record<string, (args: any) => unknown>;
  * ends. Calls run concurrently; each reply goes out when its operation settles.
  */
 export function serveCalls(control: MessagePort, ops: GuestOps): void {
-  control.on('message', (m: { type?: string; id?: number; op?: string; args?: unknown }) => {
-    if (m?.type !== 'call') return;
-    void (async () => {
-      try {
-        const f = ops[m.op!];
-        if (!f) throw new Error(`unknown op ${m.op}`);
-        control.postMessage({ type: 'reply', id: m.id, ok: true, value: await f(m.args ?? {}) });
-      } catch (e) {
-        control.postMessage({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
-      }
-    })();
+  control.on('message', (m: CallMessage) => {
+    if (m?.type === 'call') answerCall(control, ops, m);
   });
+}
+
+/** A `{type: 'call'}` message as {@link CallClient} posts it. */
+export interface CallMessage {
+  readonly type?: string;
+  readonly id?: number;
+  readonly op?: string;
+  readonly args?: unknown;
+}
+
+/** Runs one call message's operation from `ops` and posts its reply on `port`. */
+export function answerCall(port: MessagePort, ops: GuestOps, m: CallMessage): void {
+  void (async () => {
+    try {
+      const f = ops[m.op!];
+      if (!f) throw new Error(`unknown op ${m.op}`);
+      port.postMessage({ type: 'reply', id: m.id, ok: true, value: await f(m.args ?? {}) });
+    } catch (e) {
+      port.postMessage({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
+    }
+  })();
 }
 
 /** A call made through a {@link CallClient} failed: the peer's operation threw, or no answer came in time. */

@@ -78,6 +78,12 @@ export interface MachineOptions {
   readonly spinTokenBuffer?: SharedArrayBuffer;
   /** dom0 memory quota in MiB (default 256). */
   readonly dom0MemoryMiB?: number;
+  /**
+   * dom0's vCPUs (default 1, at most 32). With several, blkback serves queue N of a
+   * multi-queue disk on vCPU N mod dom0Vcpus (for stores that can be opened per vCPU:
+   * raw files, without a trace).
+   */
+  readonly dom0Vcpus?: number;
   /** Deadline for each control request (ms). */
   readonly requestTimeoutMs?: number;
   /**
@@ -141,7 +147,7 @@ export class Machine {
     const dom0Pages = ((opts.dom0MemoryMiB ?? 256) << 20) / PAGE_SIZE;
     const dom0 = (await m.hvRequest({
       type: 'createDomain', reqId: 0,
-      opts: { name: 'Domain-0', maxPages: dom0Pages, vcpus: 1, privileged: true, guest: { module: DOM0_MODULE }, controlPort: ch.port2 } as CreateDomainOptions,
+      opts: { name: 'Domain-0', maxPages: dom0Pages, vcpus: opts.dom0Vcpus ?? 1, privileged: true, guest: { module: DOM0_MODULE }, controlPort: ch.port2 } as CreateDomainOptions,
     }, [ch.port2])) as { domid: number };
     void m.trackExit(dom0.domid, 'Domain-0');
     await m.hvRequest({ type: 'unpause', reqId: 0, domid: dom0.domid });

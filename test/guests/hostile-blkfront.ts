@@ -157,6 +157,9 @@ interface NamedPage {
   fill: number;
 }
 
+/** Queue q of a multi-queue device is addressed as devid + q * QUEUE_STRIDE. */
+export const QUEUE_STRIDE = 1 << 20;
+
 export default function main(k: Kernel): Promise<unknown> {
   const devs = new Map<number, Dev>();
   const pages = new Map<string, NamedPage>();
@@ -236,30 +239,41 @@ export default function main(k: Kernel): Promise<unknown> {
       const dir = `/local/domain/${k.domid}/device/vbd/${devid}`;
       const backendDir = await xb.read(`${dir}/backend`);
       const backendId = Number(await xb.read(`${dir}/backend-id`));
-      const extent = k.memory.allocExtent(0);
-      const mem = extent.bytes.subarray(0, 4096);
-      const size = FrontRing.init(mem, ENTRY).size; // only the frontend initialises the shared ring
-      const ringRef = k.gnttab.grantAccess(backendId, extent.mfn, false);
-      const port = k.evtchn.allocUnbound(backendId);
-      const d: Dev = {
-        devid, backendDir, backendId, hdr: new Int32Array(mem.buffer, mem.byteOffset, SRING_RING_OFFSET >> 2),
-        ring: mem, size,
-        reqProdPvt: 0, rspCons: 0, port, ringRef, events: 0, wake: null,
-      };
-      k.evtchn.on(port, () => {
-        d.events++;
-        d.wake?.();
-      });
+      // With `queues` 2, queue q's ring is addressed as devid + q * QUEUE_STRIDE in later calls.
+      const nq = (a.queues as number) ?? 1;
+      const rings: Dev[] = [];
+      for (let q = 0; q < nq; q++) {
+        const extent = k.memory.allocExtent(0);
+        const mem = extent.bytes.subarray(0, 4096);
+        const size = FrontRing.init(mem, ENTRY).size; // only the frontend initialises the shared ring
+        const ringRef = k.gnttab.grantAccess(backendId, extent.mfn, false);
+        const port = k.evtchn.allocUnbound(backendId);
+        const d: Dev = {
+          devid: devid + q * QUEUE_STRIDE, backendDir, backendId, hdr: new Int32Array(mem.buffer, mem.byteOffset, SRING_RING_OFFSET >> 2),
+          ring: mem, size,
+          reqProdPvt: 0, rspCons: 0, port, ringRef, events: 0, wake: null,
+        };
+        k.evtchn.on(port, () => {
+          d.events++;
+          d.wake?.();
+        });
+        rings.push(d);
+      }
+      const [{ size, ringRef, port }] = rings;
       await xb.transaction(async (tx) => {
-        await tx.write(`${dir}/ring-ref`, String(ringRef));
-        await tx.write(`${dir}/event-channel`, String(port));
+        if (nq > 1) await tx.write(`${dir}/multi-queue-num-queues`, String(nq));
+        for (const [q, d] of rings.entries()) {
+          const qdir = nq > 1 ? `${dir}/queue-${q}` : dir;
+          await tx.write(`${qdir}/ring-ref`, String(d.ringRef));
+          await tx.write(`${qdir}/event-channel`, String(d.port));
+        }
         await tx.write(`${dir}/protocol`, XEN_IO_PROTO_ABI_X86_64);
         await tx.write(`${dir}/feature-persistent`, a.persistent ? '1' : '0');
         await tx.write(`${dir}/state`, String(XenbusState.Initialised));
       });
       const st = await waitForState(xb, backendDir, (s) => s === XenbusState.Connected || s >= XenbusState.Closing, { timeoutMs });
       if (st !== XenbusState.Connected) throw new Error(`backend went ${XenbusState[st]}`);
-      devs.set(devid, d);
+      for (const d of rings) devs.set(d.devid, d);
       const key = async (kname: string) => (await xb.readOptional(`${backendDir}/${kname}`)) ?? null;
       return {
         size, ringRef, port,
