@@ -17,6 +17,11 @@
  * 0, scan `pending & ~mask`, clear each pending bit before calling its handler.
  * Masking is local; unmask re-checks pending and re-raises (Xen's `evtchn_unmask`).
  *
+ * vCPUs: a port notifies the vCPU it is bound to (vCPU 0 until `EVTCHNOP_bind_vcpu`
+ * moves it): the peer's sends wake that vCPU's wake word, the fold raises the event
+ * in that vCPU's `vcpu_info`, and only that vCPU dispatches it (Linux's per-CPU
+ * event mask). The hypervisor tells every vCPU worker of a domain about each binding.
+ *
  * @see xen/include/public/event_channel.h, xen/common/event_2l.c
  */
 import { InvariantError } from '../rings/errors.ts';

@@ -703,6 +703,14 @@ export class Hypervisor {
     }
   }
 
+  /** Announces both ends of the interdomain channel `dom:port` ↔ `remote:remotePort` (the caller's in `out`). */
+  private announceBinding(dom: Domain, port: number, remote: Domain, remotePort: number, out: Outgoing): void {
+    const mine = this.bindingInfo(dom, port, remote, remotePort);
+    this.announce(dom, mine.info, mine.frames, out);
+    const theirs = this.bindingInfo(remote, remotePort, dom, port);
+    this.announce(remote, theirs.info, theirs.frames, remote === dom ? out : null);
+  }
+
   private eventChannelOp(dom: Domain, v: Vcpu, cmd: number, out: Outgoing): number {
     switch (cmd) {
       case EVTCHNOP.alloc_unbound: {
@@ -731,10 +739,7 @@ export class Hypervisor {
         dom.evtchns.set(lport, { state: 'interdomain', remoteDom: remote.domid, remotePort: rport, vcpu: 0 });
         rch.state = 'interdomain';
         rch.remotePort = lport;
-        const mine = this.bindingInfo(dom, lport, remote, rport);
-        this.announce(dom, mine.info, mine.frames, out);
-        const theirs = this.bindingInfo(remote, rport, dom, lport);
-        this.announce(remote, theirs.info, theirs.frames, remote === dom ? out : null);
+        this.announceBinding(dom, lport, remote, rport, out);
         v.hcDv.setUint32(HC_ARGS_OFFSET + F.local_port.offset, lport, true);
         // Xen sets the local port pending on bind, covering sends made before it.
         this.setPending(dom, lport);
@@ -760,11 +765,8 @@ export class Hypervisor {
         if (ch.state === 'interdomain') {
           const remote = this.domains.get(ch.remoteDom);
           if (remote && remote.state !== 'dead') {
-            const mine = this.bindingInfo(dom, port, remote, ch.remotePort);
-            this.announce(dom, mine.info, mine.frames, out);
             // The peer's sends now wake the new vCPU.
-            const theirs = this.bindingInfo(remote, ch.remotePort, dom, port);
-            this.announce(remote, theirs.info, theirs.frames, remote === dom ? out : null);
+            this.announceBinding(dom, port, remote, ch.remotePort, out);
           }
         }
         // An event already pending moves with the port (its upcall is raised there).
