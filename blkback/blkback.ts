@@ -46,6 +46,8 @@ import type { GrantTable, MapRequest } from '../grant-table/gnttab.ts';
 import { STORAGE_PENDING, type StorageBackend, type StorageRequest, type StorageStatus, type StorageSubmitResult } from './storage.ts';
 import type { BlkbackFeatures } from './features.ts';
 
+/** Share of the persistent-grant limit evicted at once when the cache is full (Linux's LRU_PERCENT_CLEAN). */
+const LRU_PERCENT_CLEAN = 5;
 /** Most requests taken from one ring in one pass. */
 export const MAX_BATCH = 32;
 /**
@@ -98,56 +100,62 @@ export function newBlkbackCounters(): BlkbackCounters {
 }
 
 /** A persistent mapping of one of the frontend's grants. */
-interface PersistentGrant {
+export interface PersistentGrant {
   ref: number;
   handle: GrantHandle;
   page: Uint8Array;
   /** Requests in flight using it (0 or 1: a second use while active is refused). */
   active: number;
+  /** Use stamp: larger is more recent. */
+  lastUse: number;
   /** The one {@link Mapping} handed to every request that uses it. */
   mapping: Mapping;
 }
 
 /**
- * The persistent grants of one ring: gref → mapping, in least-recently-used order
- * (a Map iterates in insertion order; a hit moves the entry to the end).
+ * The persistent grants of one ring: gref → mapping, with a use stamp for
+ * least-recently-used eviction. A hit only bumps the stamp; when the cache is full, a
+ * miss evicts the least recently used idle grants in one batch — 5% of the limit, as
+ * Linux's `purge_persistent_gnt` (LRU_PERCENT_CLEAN) — so a scan is paid once per batch.
  */
-class PersistentGrantCache {
+export class PersistentGrantCache {
   readonly map = new Map<number, PersistentGrant>();
+  private clock = 0;
   constructor(readonly limit: number) {}
 
   /** The mapping of `ref`, now the most recently used; undefined when not cached. */
   get(ref: number): PersistentGrant | undefined {
     const g = this.map.get(ref);
-    if (g) {
-      this.map.delete(ref);
-      this.map.set(ref, g);
-    }
+    if (g) g.lastUse = ++this.clock;
     return g;
   }
 
   /**
-   * Adds a new mapping, evicting the least recently used idle ones while full.
+   * Adds a new mapping (as the most recently used), first evicting the least
+   * recently used idle ones when full; their handles go to `evicted`.
    * @returns false when every cached grant is in use (the caller maps it for this
    *   request only).
    */
   add(g: PersistentGrant, evicted: GrantHandle[]): boolean {
     if (this.map.size >= this.limit) {
-      for (const old of this.map.values()) {
-        if (old.active > 0) continue;
-        this.map.delete(old.ref);
-        evicted.push(old.handle);
-        if (this.map.size < this.limit) break;
+      const idle: PersistentGrant[] = [];
+      for (const old of this.map.values()) if (old.active === 0) idle.push(old);
+      if (idle.length === 0) return false;
+      idle.sort((a, b) => a.lastUse - b.lastUse);
+      const n = Math.min(idle.length, Math.max(1, Math.ceil(this.limit * LRU_PERCENT_CLEAN / 100)));
+      for (let i = 0; i < n; i++) {
+        this.map.delete(idle[i].ref);
+        evicted.push(idle[i].handle);
       }
-      if (this.map.size >= this.limit) return false;
     }
+    g.lastUse = ++this.clock;
     this.map.set(g.ref, g);
     return true;
   }
 }
 
 /** One page of a request: a view of the mapped page and how to let it go. */
-interface Mapping {
+export interface Mapping {
   page: Uint8Array;
   /** A per-request mapping to unmap after the request, or null for a persistent one. */
   handle: GrantHandle | null;
@@ -602,7 +610,7 @@ export class BlkbackRing {
         }
         const page = m.page!;
         if (cache) {
-          const g: PersistentGrant = { ref: w.refs[j], handle: m.handle, page, active: 1, mapping: null! };
+          const g: PersistentGrant = { ref: w.refs[j], handle: m.handle, page, active: 1, lastUse: 0, mapping: null! };
           g.mapping = { page, handle: null, persistent: g };
           const before = this.unmapLater.length;
           if (cache.add(g, this.unmapLater)) {
