@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Machine } from '../toolstack/machine.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
-import { rpcGuest, eventually, guestPath, randomImage, sha256 } from './helpers.ts';
+import { rpcGuest, eventually, guestPath, randomImage, sha256, dom0Disk } from './helpers.ts';
 import { XOR_KEY } from './fixtures/xor-store.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pvio-blkf-'));
@@ -37,10 +37,7 @@ afterAll(async () => {
   await m?.shutdown();
   rmSync(dir, { recursive: true, force: true });
 });
-async function disk(name: string): Promise<Disk> {
-  const s = (await m.dom0Stats()) as { disks: Record<string, Disk> };
-  return s.disks[name];
-}
+const disk = (name: string) => dom0Disk<Disk>(m, name);
 
 describe('blkif features', () => {
   it('by default: 1 MiB indirect requests, persistent grants, 16-page rings, one queue per vCPU, flush and barrier, resize', async () => {

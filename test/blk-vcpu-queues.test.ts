@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Machine } from '../toolstack/machine.ts';
 import { SHUTDOWN } from '../hypervisor/abi.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
-import { rpcGuest, eventually, randomImage, sha256, domainInfo, guestPath } from './helpers.ts';
+import { rpcGuest, eventually, randomImage, sha256, domainInfo, guestPath, dom0Disk } from './helpers.ts';
 import { QUEUE_STRIDE, type RawRequest, type RawResponse } from './guests/hostile-blkfront.ts';
 import { BLKIF_OP_READ, BLKIF_RSP_OKAY } from '../rings/blkif.ts';
 
@@ -30,10 +30,7 @@ afterAll(async () => {
   await m?.shutdown();
   rmSync(dir, { recursive: true, force: true });
 });
-async function disk(name: string): Promise<Disk> {
-  const s = (await m.dom0Stats()) as { disks: Record<string, Disk> };
-  return s.disks[name];
-}
+const disk = (name: string) => dom0Disk<Disk>(m, name);
 /** 64 concurrent 4 KiB reads spread over the disk (enough to keep both queues busy). */
 const spread = (sectors: number) => Array.from({ length: 64 }, (_, i) => ({ op: 'read', sector: ((i * 7919) % (sectors / 8)) * 8, count: 8 }));
 

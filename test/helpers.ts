@@ -32,6 +32,12 @@ export async function domainInfo(m: Machine, domid: number): Promise<{ state: st
   return s.domains.find((d) => d.domid === domid);
 }
 
+/** dom0's counters of one disk (`guest/xvda`), as `Machine.dom0Stats` reports them. */
+export async function dom0Disk<T>(m: Machine, name: string): Promise<T> {
+  const s = (await m.dom0Stats()) as { disks: Record<string, T> };
+  return s.disks[name];
+}
+
 /** SHA-256 of `b`, hex. */
 export function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
