@@ -32,6 +32,7 @@
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/blkback.c
  */
+import { RingScheduler } from '../rings/scheduler.ts';
 import { InvariantError } from '../rings/errors.ts';
 import { BackRing } from '../rings/ring.ts';
 import {
@@ -773,42 +774,5 @@ export class BlkbackRing {
   }
 }
 
-/**
- * Serves every blkback ring of a domain round-robin with a bounded batch per ring
- * per pass; a ring with work left goes to the back of the queue.
- */
-export class BlkbackScheduler {
-  private readonly queue: BlkbackRing[] = [];
-  private readonly queued = new Set<BlkbackRing>();
-  private scheduled = false;
-
-  /** Marks `ring` as having work (called from its event handler). */
-  kick(ring: BlkbackRing): void {
-    if (!this.queued.has(ring)) {
-      this.queued.add(ring);
-      this.queue.push(ring);
-    }
-    if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(() => this.run());
-    }
-  }
-
-  private run(): void {
-    this.scheduled = false;
-    const n = this.queue.length;
-    for (let i = 0; i < n; i++) {
-      const r = this.queue.shift()!;
-      this.queued.delete(r);
-      if (r.serve()) {
-        this.queued.add(r);
-        this.queue.push(r);
-      }
-    }
-    if (this.queue.length > 0 && !this.scheduled) {
-      // More work: continue after the event loop had a turn (timers, other events).
-      this.scheduled = true;
-      setImmediate(() => this.run());
-    }
-  }
-}
+/** Serves every blkback ring of a domain round-robin (see {@link RingScheduler}). */
+export class BlkbackScheduler extends RingScheduler<BlkbackRing> {}

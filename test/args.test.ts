@@ -45,7 +45,7 @@ describe('parseCli: good command lines', () => {
   });
 
   it('USAGE names every command and option', () => {
-    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress', '--nbd PORT', '--nbd-socket PATH', '--read-only', '--dom0-vcpus N']) {
+    for (const word of ['pvio up', 'pvio help', '--version', '--disk', '--scratch-mib', '--quiet', '--no-progress', '--nbd PORT', '--nbd-socket PATH', '--read-only', '--dom0-vcpus N', '--pcap FILE']) {
       expect(USAGE).toContain(word);
     }
   });
@@ -119,6 +119,31 @@ describe('parseCli: --dom0-vcpus', () => {
     for (const bad of ['0', '33', 'two', '1.5', '-1', '0x2']) {
       expect(usageError(['up', `--dom0-vcpus=${bad}`]), bad).toMatch(/^option '--dom0-vcpus' needs a whole number from 1 to 32/);
     }
+  });
+});
+
+describe('parseCli: --pcap', () => {
+  it('takes a file, as given, alone or with CONFIG or --disk, and is absent by default', () => {
+    expect(parseCli(['up', '--pcap', 'bridge.pcap'])).toEqual({ command: 'up', pcap: 'bridge.pcap', quiet: false, progress: true });
+    expect(parseCli(['up', 'vm.cfg', '--pcap=../out/x.pcap'])).toEqual(
+      { command: 'up', config: 'vm.cfg', pcap: '../out/x.pcap', quiet: false, progress: true });
+    expect(parseCli(['--pcap', '/tmp/a b.pcap', 'up', '--disk', 'd.img', '--scratch-mib', '8'])).toMatchObject(
+      { disk: 'd.img', scratchMiB: 8, pcap: '/tmp/a b.pcap' });
+    expect(parseCli(['up', '--pcap=-x.pcap'])).toMatchObject({ pcap: '-x.pcap' });
+    expect(parseCli(['up', 'vm.cfg'])).not.toHaveProperty('pcap');
+  });
+
+  it('an empty or missing value, or --pcap twice, is a usage error', () => {
+    expect(usageError(['up', '--pcap='])).toBe("option '--pcap' needs a value");
+    expect(usageError(['up', '--pcap', ''])).toBe("option '--pcap' needs a value");
+    expect(usageError(['up', '--pcap'])).toBe("option '--pcap' needs a value");
+    expect(usageError(['up', '--pcap', '--quiet'])).toBe("option '--pcap' needs a value");
+    expect(usageError(['up', '--pcap', 'a', '--pcap', 'b'])).toBe("option '--pcap' is given more than once");
+  });
+
+  it("has a line under \"Options for 'up'\"", () => {
+    const up = USAGE.slice(USAGE.indexOf("Options for 'up':"), USAGE.indexOf('Options anywhere:'));
+    expect(up).toMatch(/^ {2}--pcap FILE {9}capture every frame crossing dom0's bridge to FILE, in pcap$/m);
   });
 });
 

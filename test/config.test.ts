@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PvioError } from '../rings/errors.ts';
-import { ConfigError, loadConfig, parseConfig, parseDiskSpec } from '../toolstack/config.ts';
+import { ConfigError, loadConfig, MAX_VIFS, parseConfig, parseDiskSpec, parseVifSpec, type VifSpec } from '../toolstack/config.ts';
 
 const BASE = '/srv/vm';
 
@@ -65,12 +65,13 @@ disk   = [ 'file:disk.img,xvda,w',   # positional with prefix
         { path: '/data/a,b.img', vdev: 'xvdb', virtualDevice: 51728, readOnly: true },
         { path: '/srv/vm/images/c.img', vdev: 'xvdc', virtualDevice: 51744, readOnly: true },
       ],
+      vifs: [],
     });
   });
 
-  it('fills in defaults: 64 MiB, 1 vCPU, no disks, no extra', () => {
+  it('fills in defaults: 64 MiB, 1 vCPU, no disks, no vifs, no extra', () => {
     const cfg = parse(HEAD);
-    expect(cfg).toEqual({ name: 'g', memoryMiB: 64, vcpus: 1, kernel: '/srv/vm/guest.ts', disks: [] });
+    expect(cfg).toEqual({ name: 'g', memoryMiB: 64, vcpus: 1, kernel: '/srv/vm/guest.ts', disks: [], vifs: [] });
     expect('extra' in cfg).toBe(false);
   });
 
@@ -254,6 +255,234 @@ describe('parseDiskSpec', () => {
       expect(ce.message).toBe(ce.problem);
       expect(ce.message).toContain(fragment);
     }
+  });
+});
+
+/** The ConfigError that `parseVifSpec(spec)` raises: one line, no file, no line. */
+function vifFail(spec: string): ConfigError {
+  let err: unknown;
+  try { parseVifSpec(spec); } catch (e) { err = e; }
+  expect(err, spec).toBeInstanceOf(ConfigError);
+  const ce = err as ConfigError;
+  expect(ce.code).toBe('PVIO_ERR_CONFIG');
+  expect(ce.line).toBeUndefined();
+  expect(ce.file).toBeUndefined();
+  expect(ce.message).toBe(ce.problem);
+  expect(ce.message).not.toContain('\n');
+  expect(ce.message.startsWith(`malformed vif spec '`)).toBe(true);
+  return ce;
+}
+
+/** The defaults parseVifSpec fills in. */
+const VIF_DEFAULTS = { bridge: 'xenbr0', mtu: 1500, persistent: false } as const;
+
+describe('parseVifSpec', () => {
+  it('a full spec: every key, MAC lower-cased, whitespace around parts and = ignored', () => {
+    const v = parseVifSpec(
+      ' mac=00:16:3E:0A:Bc:ff , bridge = br-lan.2, rate=10Mb/s@20ms, mtu=9000, ip=10.0.0.2 fd00::2/64  192.168.1.9/24,'
+      + 'vifname=guest1.eth0,type=vif,persistent=1,queues=4,sg=0,gso=1,csum-offload=0,split-event-channels=1');
+    expect(v).toEqual({
+      mac: '00:16:3e:0a:bc:ff',
+      bridge: 'br-lan.2',
+      rate: { bytesPerInterval: 25_000, intervalUs: 20_000 },
+      mtu: 9000,
+      ip: ['10.0.0.2', 'fd00::2/64', '192.168.1.9/24'],
+      vifname: 'guest1.eth0',
+      persistent: true,
+      queues: 4,
+      sg: false,
+      gso: true,
+      csumOffload: false,
+      splitEventChannels: true,
+    } satisfies VifSpec);
+  });
+
+  it("defaults: '' is a vif on xenbr0, MTU 1500, grant copy; mac, rate, queues and features left undecided", () => {
+    for (const spec of ['', ' ', ',', 'type=vif', 'bridge=xenbr0,']) {
+      const v = parseVifSpec(spec);
+      expect(v, spec).toEqual(VIF_DEFAULTS);
+      for (const k of ['mac', 'rate', 'queues', 'sg', 'gso', 'csumOffload', 'splitEventChannels', 'ip', 'vifname']) {
+        expect(k in v, `${spec}: ${k}`).toBe(false);
+      }
+    }
+    expect(parseVifSpec('mac=00:16:3e:01:02:03')).toEqual({ ...VIF_DEFAULTS, mac: '00:16:3e:01:02:03' });
+  });
+
+  it('boolean switches take 0/1 (and on/off, yes/no, as disk specs do)', () => {
+    expect(parseVifSpec('persistent=0,sg=1,gso=off,csum-offload=yes,split-event-channels=no')).toEqual(
+      { ...VIF_DEFAULTS, persistent: false, sg: true, gso: false, csumOffload: true, splitEventChannels: false });
+  });
+
+  it('MAC: a locally administered unicast address is fine, either case', () => {
+    expect(parseVifSpec('mac=02:00:00:00:00:01').mac).toBe('02:00:00:00:00:01');
+    expect(parseVifSpec('mac=AA:BB:CC:DD:EE:FF').mac).toBe('aa:bb:cc:dd:ee:ff');
+  });
+
+  it('mtu and queues bounds are inclusive', () => {
+    expect(parseVifSpec('mtu=68').mtu).toBe(68);
+    expect(parseVifSpec('mtu=65535').mtu).toBe(65535);
+    expect(parseVifSpec('queues=1').queues).toBe(1);
+    expect(parseVifSpec('queues=8').queues).toBe(8);
+  });
+
+  describe('rate: xl units (K/M/G are 1000s; bits ÷ 8), credit = bytes/s × interval ÷ 10^6', () => {
+    it.each([
+      // [spec, bytesPerInterval, intervalUs]
+      ['10Mb/s', 62_500, 50_000], // 1 250 000 B/s × 50 ms (xl's default interval)
+      ['5MB/s', 250_000, 50_000],
+      ['250KB/s', 12_500, 50_000], // the man page's example
+      ['1MB/s@20ms', 20_000, 20_000], // the man page's example: 20,000 bytes every 20,000 us
+      ['1GB/s', 50_000_000, 50_000],
+      ['1Gb/s', 6_250_000, 50_000],
+      ['8Kb/s', 50, 50_000], // 1000 B/s
+      ['100B/s@1s', 100, 1_000_000],
+      ['20b/s@1s', 2, 1_000_000], // 2.5 B/s, rounded down as xl does (before the interval)
+      ['1000000B/s@1us', 1, 1],
+      ['3B/s@500ms', 1, 500_000], // 1.5 B, rounded down
+      ['4294967295GB/s@1us', 4_294_967_295_000, 1], // the largest RATE: exact past 2^32
+      ['1B/s@4294967295us', 4294, 4_294_967_295], // the longest interval
+      ['1B/s@4294s', 4294, 4_294_000_000],
+    ] as const)('%s → %i bytes per %i µs', (rate, bytesPerInterval, intervalUs) => {
+      expect(parseVifSpec(`rate=${rate}`).rate).toEqual({ bytesPerInterval, intervalUs });
+    });
+
+    it('rejects malformed rates, with the rule in the message', () => {
+      for (const rate of ['', '10', '10Mb', '10Mbit/s', '10mb/s', '10kB/s', '10TB/s', '1.5MB/s', '-1MB/s', '10 MB/s',
+        '10MB/s@', '10MB/s@20', '10MB/s@20m', '10MB/s@20u', '10MB/s@20ns', '10MB/s@1.5s', '10MB/s@20ms@1s']) {
+        expect(vifFail(`rate=${rate}`).message, rate).toBe(
+          `malformed vif spec 'rate=${rate}': bad rate '${rate}': expected RATE/s[@INTERVAL], RATE with a unit B, KB, MB, GB (bytes) `
+          + 'or b, Kb, Mb, Gb (bits), INTERVAL with us, ms or s, e.g. 10Mb/s or 1MB/s@20ms');
+      }
+    });
+
+    it('rejects zero, leading zeros, numbers too large and credits under one byte', () => {
+      expect(vifFail('rate=0MB/s').problem).toContain('the rate must be a whole number from 1, without leading zeros');
+      expect(vifFail('rate=010MB/s').problem).toContain('without leading zeros');
+      expect(vifFail('rate=1MB/s@0ms').problem).toContain('the interval must be a whole number from 1, without leading zeros');
+      expect(vifFail('rate=4294967296B/s').problem).toBe("malformed vif spec 'rate=4294967296B/s': bad rate '4294967296B/s': the number is over 4294967295");
+      expect(vifFail('rate=1B/s@4295s').problem).toContain('the interval is over 4294967295 µs');
+      expect(vifFail('rate=7b/s@1s').problem).toBe(
+        "malformed vif spec 'rate=7b/s@1s': bad rate '7b/s@1s': less than one byte per 1000000 µs interval; raise the rate or the interval");
+      expect(vifFail('rate=19B/s').problem).toContain('less than one byte per 50000 µs interval'); // 0.95 B
+      expect(vifFail('rate=4294967295GB/s@4294s').problem).toContain('over 2^53 bytes per interval');
+    });
+  });
+
+  it('rejects bad values, each with its message', () => {
+    for (const [spec, message] of [
+      ['mac=00:16:3e:01:02', "bad mac '00:16:3e:01:02': expected six hex octets XX:XX:XX:XX:XX:XX"],
+      ['mac=00-16-3e-01-02-03', "bad mac '00-16-3e-01-02-03': expected six hex octets"],
+      ['mac=00:16:3e:01:02:0g', "bad mac '00:16:3e:01:02:0g'"],
+      ['mac=0:16:3e:01:02:03', "bad mac '0:16:3e:01:02:03'"],
+      ['mac=', "bad mac ''"],
+      ['mac=01:00:5e:00:00:01', 'mac 01:00:5e:00:00:01 is a multicast address (low bit of the first octet set)'],
+      ['mac=FF:FF:FF:FF:FF:FF', 'mac ff:ff:ff:ff:ff:ff is a multicast address'],
+      ['mac=00:00:00:00:00:00', 'mac 00:00:00:00:00:00 is not a valid address'],
+      ['bridge=', "bad bridge '': use letters, digits, '_', '.', '-' (at most 15, not starting with '_', '.' or '-')"],
+      ['bridge=-br', "bad bridge '-br'"],
+      ['bridge=br 0', "bad bridge 'br 0'"],
+      ['bridge=abcdefghijklmnop', "bad bridge 'abcdefghijklmnop'"], // 16 characters
+      ['vifname=a/b', "bad vifname 'a/b'"],
+      ['mtu=67', "mtu must be an integer 68..65535, got '67'"],
+      ['mtu=65536', "mtu must be an integer 68..65535, got '65536'"],
+      ['mtu=1500.0', "mtu must be an integer 68..65535, got '1500.0'"],
+      ['mtu=', "mtu must be an integer 68..65535, got ''"],
+      ['queues=0', "queues must be an integer 1..8, got '0'"],
+      ['queues=9', "queues must be an integer 1..8, got '9'"],
+      ['persistent=2', "persistent must be 0 or 1, got '2'"],
+      ['sg=true', "sg must be 0 or 1, got 'true'"],
+      ['gso=', "gso must be 0 or 1, got ''"],
+      ['csum-offload=x', "csum-offload must be 0 or 1, got 'x'"],
+      ['split-event-channels=-1', "split-event-channels must be 0 or 1, got '-1'"],
+      ['ip=', 'ip needs at least one address'],
+      ['ip=10.0.0.256', "bad ip '10.0.0.256': expected IPv4 or IPv6 addresses, each with an optional /PREFIX, separated by spaces"],
+      ['ip=10.0.0.1/33', "bad ip '10.0.0.1/33'"],
+      ['ip=fd00::1/129', "bad ip 'fd00::1/129'"],
+      ['ip=host.example', "bad ip 'host.example'"],
+      ['type=ioemu', "unsupported type 'ioemu' (only 'vif': pvio has no emulated NICs)"],
+    ] as const) {
+      expect(vifFail(spec).message, spec).toContain(`malformed vif spec '${spec}': ${message}`);
+    }
+  });
+
+  it('rejects a key given twice, a part without =, and unknown or unsupported keys', () => {
+    expect(vifFail('bridge=a,mtu=1500,bridge=b').message).toBe("malformed vif spec 'bridge=a,mtu=1500,bridge=b': bridge given twice");
+    expect(vifFail('mac=00:16:3e:00:00:01, mac=00:16:3e:00:00:01').problem).toContain('mac given twice');
+    expect(vifFail('bridge').message).toBe("malformed vif spec 'bridge': expected KEY=VALUE, found 'bridge'");
+    expect(vifFail('=xenbr0').problem).toContain("unknown parameter ''");
+    expect(vifFail('Bridge=xenbr0').problem).toContain("unknown parameter 'Bridge'");
+    expect(vifFail('color=red').message).toBe(
+      "malformed vif spec 'color=red': unknown parameter 'color' (known: mac, bridge, rate, mtu, ip, vifname, type, "
+      + 'persistent, queues, sg, gso, csum-offload, split-event-channels)');
+    for (const [key, why] of [
+      ['model', 'pvio vifs are paravirtual only (no emulated NIC)'],
+      ['script', 'pvio runs no hotplug scripts; dom0 adds the vif to its bridge itself'],
+      ['backend', 'backends run in dom0 only'],
+      ['gatewaydev', 'pvio has bridges only (no vif-route)'],
+      ['netdev', 'pvio has bridges only (no vif-route)'],
+      ['devid', "a vif's DEVID is its index in the vif list"],
+    ] as const) {
+      expect(vifFail(`${key}=x`).message).toBe(`malformed vif spec '${key}=x': unsupported parameter '${key}': ${why}`);
+    }
+  });
+
+  it('any text either parses or raises a one-line ConfigError (fuzz)', () => {
+    const alphabet = fc.constantFrom(...'mac=bridge,rate@/sMbBKG0123456789:ef mtu queues ip=. ,=\n'.split(''));
+    fc.assert(fc.property(fc.oneof(fc.string(), fc.string({ unit: alphabet, maxLength: 60 })), (spec) => {
+      try {
+        const v = parseVifSpec(spec);
+        if (v.rate && !(Number.isSafeInteger(v.rate.bytesPerInterval) && v.rate.bytesPerInterval >= 1)) {
+          throw new Error(`bad credit for ${JSON.stringify(spec)}`);
+        }
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        if (e.message.includes('\n')) throw new Error(`multi-line message: ${JSON.stringify(e.message)}`);
+      }
+    }), { numRuns: 2000 });
+  });
+});
+
+describe('parseConfig: vif', () => {
+  it('reads a vif list spanning lines, in order', () => {
+    const cfg = parse(HEAD + `vif = [ 'mac=00:16:3E:01:02:03,bridge=xenbr0',
+        'bridge=xenbr1, rate=5MB/s',   # comment
+        '',
+      ]
+`);
+    expect(cfg.vifs).toEqual([
+      { ...VIF_DEFAULTS, mac: '00:16:3e:01:02:03' },
+      { ...VIF_DEFAULTS, bridge: 'xenbr1', rate: { bytesPerInterval: 250_000, intervalUs: 50_000 } },
+      VIF_DEFAULTS,
+    ]);
+    expect(cfg.disks).toEqual([]);
+  });
+
+  it(`takes ${MAX_VIFS} vifs, and vifs without a MAC any number of times`, () => {
+    const specs = Array.from({ length: MAX_VIFS }, (_, i) => (i % 2 ? `'mac=00:16:3e:00:00:0${i}'` : "'bridge=xenbr0'"));
+    expect(parse(HEAD + `vif = [ ${specs.join(', ')} ]\n`).vifs).toHaveLength(MAX_VIFS);
+  });
+
+  it('a bad vif spec: the message of parseVifSpec, at the line of the entry', () => {
+    const err = fail(HEAD + "vif = [ 'bridge=xenbr0',\n  'mtu=9' ]\n");
+    expect(err.message).toBe("machine.cfg:4: malformed vif spec 'mtu=9': mtu must be an integer 68..65535, got '9'");
+    failsAt(HEAD + "vif = [ 'model=e1000' ]\n", 3, "unsupported parameter 'model'");
+    failsAt(HEAD + "\nvif = [ 'bridge=xenbr0,frob=1' ]\n", 4, "unknown parameter 'frob'");
+  });
+
+  it('a MAC used twice, in any case, is refused at its second entry', () => {
+    failsAt(HEAD + "vif = [ 'mac=00:16:3e:00:00:01',\n\n  'bridge=b,mac=00:16:3E:00:00:01' ]\n", 5,
+      'mac 00:16:3e:00:00:01 is used twice (also at line 3)');
+  });
+
+  it(`more than ${MAX_VIFS} vifs are refused at the first one too many`, () => {
+    const lines = Array.from({ length: MAX_VIFS + 1 }, () => "  'bridge=xenbr0',").join('\n');
+    failsAt(HEAD + `vif = [\n${lines}\n]\n`, 3 + MAX_VIFS + 1, `too many vifs: at most ${MAX_VIFS} per guest`);
+  });
+
+  it('vif must be a list of strings, and set once', () => {
+    failsAt(HEAD + "vif = 'bridge=xenbr0'\n", 3, "vif must be a list of vif specs, e.g. [ 'bridge=xenbr0' ], got a string");
+    failsAt(HEAD + 'vif = [ 1 ]\n', 3, 'vif entries must be quoted strings, got number 1');
+    failsAt(HEAD + "vif = []\nvif = ['']\n", 4, "'vif' is set twice (first at line 3)");
   });
 });
 

@@ -2,7 +2,7 @@
  * Command-line parsing for the `pvio` command, on `node:util` `parseArgs`.
  *
  * ```
- * pvio up [CONFIG] [--disk PATH] [--scratch-mib N] [--quiet] [--no-progress]
+ * pvio up [CONFIG] [--disk PATH] [--scratch-mib N] [--pcap FILE] [--quiet] [--no-progress]
  * pvio up --disk PATH (--nbd PORT | --nbd-socket PATH) [--read-only] [--quiet]
  * pvio help
  * pvio --version
@@ -32,6 +32,8 @@ Usage:
 Options for 'up':
   --disk PATH         attach the raw image PATH to the guest
   --scratch-mib N     size of the scratch disk, in MiB (a whole number, at least 1)
+  --pcap FILE         capture every frame crossing dom0's bridge to FILE, in pcap
+                      format (for tcpdump -r or Wireshark)
   -q, --quiet         print only the guest's console and errors
   --no-progress       do not show progress bars
   --nbd PORT          run the NBD guest: serve --disk FILE on 127.0.0.1:PORT (0 picks a
@@ -79,6 +81,12 @@ export interface UpCommand {
   nbd?: { listen: NbdListen; readOnly: boolean };
   /** `--dom0-vcpus N`: dom0's vCPUs, 1..{@link MAX_DOM0_VCPUS}; absent when not given (1). */
   dom0Vcpus?: number;
+  /**
+   * `--pcap FILE`: where to write, in pcap format, every frame that crosses dom0's
+   * bridge; the path as given (not resolved, not checked, never empty); absent when
+   * not given (no capture).
+   */
+  pcap?: string;
 }
 
 /** Most vCPUs a domain may have (the hypervisor's limit). */
@@ -108,6 +116,7 @@ const OPTIONS = {
   'nbd-socket': { type: 'string' },
   'read-only': { type: 'boolean' },
   'dom0-vcpus': { type: 'string' },
+  pcap: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -132,9 +141,9 @@ function q(s: string): string {
  *   true unless `--quiet` / `--no-progress` were given)
  * @throws UsageError for an unknown option (`unknown option '--frob'`), an unknown
  *   command (`unknown command 'frob'`), options without a command, an option's
- *   missing value (`option '--disk' needs a value`), a value given to a flag, an
- *   option given twice, a `--scratch-mib` that is not a whole number of MiB ≥ 1, an
- *   extra argument, a `--nbd` port that is not 0..65535, or `--nbd`/`--nbd-socket`
+ *   missing or empty value (`option '--disk' needs a value`, `option '--pcap' needs
+ *   a value`), a value given to a flag, an option given twice, a `--scratch-mib`
+ *   that is not a whole number of MiB ≥ 1, an extra argument, a `--nbd` port that is not 0..65535, or `--nbd`/`--nbd-socket`
  *   given together, with CONFIG, with `--scratch-mib` or without `--disk` (or
  *   `--read-only` without either)
  */
@@ -211,6 +220,8 @@ export function parseCli(argv: string[]): Cli {
     }
     out.scratchMiB = n;
   }
+  const pcap = seen.get('pcap');
+  if (typeof pcap === 'string') out.pcap = pcap;
   const dom0Vcpus = seen.get('dom0-vcpus');
   if (typeof dom0Vcpus === 'string') {
     const n = /^[0-9]{1,3}$/.test(dom0Vcpus) ? Number(dom0Vcpus) : NaN;

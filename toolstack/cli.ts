@@ -93,7 +93,7 @@ function guestFromCli(cmd: UpCommand): { spec: GuestSpec; notes: string[]; isDef
       if (disks.some((d) => d.vdev === 'xvda')) throw new PvioError('PVIO_ERR_USAGE', `--disk: ${cmd.config} already has an xvda`);
       disks.unshift(parseDiskSpec(`${resolve(cmd.disk)},xvda,r`, process.cwd()));
     }
-    return { spec: { name: cfg.name, memoryMiB: cfg.memoryMiB, vcpus: cfg.vcpus, kernel: cfg.kernel, extra: cfg.extra, disks }, notes: checkDisks(disks), isDefault: false };
+    return { spec: { name: cfg.name, memoryMiB: cfg.memoryMiB, vcpus: cfg.vcpus, kernel: cfg.kernel, extra: cfg.extra, disks, vifs: cfg.vifs }, notes: checkDisks(disks), isDefault: false };
   }
   if (cmd.nbd) {
     const xvda = parseDiskSpec(`${resolve(cmd.disk!)},xvda,${cmd.nbd.readOnly ? 'r' : 'w'}`, process.cwd());
@@ -158,6 +158,7 @@ export async function main(argv: string[]): Promise<number> {
   // Guest console lines come through dom0; printing them here keeps them off a live bar's line.
   const machine = await Machine.boot({
     dom0Vcpus: cmd.dom0Vcpus,
+    pcap: cmd.pcap,
     onConsole: (domain, line) => {
       const text = `[${domain}] ${line}\n`;
       if (progress) progress.log(text);

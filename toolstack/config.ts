@@ -29,12 +29,16 @@
  *            (`.ts .mts .cts .js .mjs .cjs`), resolved against the config file's
  *            directory;
  * - `extra`  string, optional: the guest's command line;
- * - `disk`   list of disk specs (see {@link parseDiskSpec}), default none.
+ * - `disk`   list of disk specs (see {@link parseDiskSpec}), default none;
+ * - `vif`    list of at most 8 vif specs (see {@link parseVifSpec}), e.g.
+ *            `vif = [ 'mac=00:16:3e:01:02:03,bridge=xenbr0', 'rate=10Mb/s' ]`, default
+ *            none; no MAC may appear twice.
  *
  * Nothing here touches the file system except {@link loadConfig} reading the config
  * itself: whether the kernel and disk images exist is for the toolstack to check.
  */
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { PvioError } from '../rings/errors.ts';
 import { MAX_INDIRECT_SEGMENTS_CEILING, MAX_QUEUES, MAX_RING_PAGE_ORDER, type BlkbackFeatures } from '../blkback/features.ts';
@@ -76,6 +80,8 @@ export interface DomainConfig {
   extra?: string;
   /** Virtual disks in config order (`disk`); empty when not set. */
   disks: DiskSpec[];
+  /** Virtual network interfaces in config order (`vif`), index = DEVID; empty when not set. */
+  vifs: VifSpec[];
 }
 
 /**
@@ -106,7 +112,7 @@ export class ConfigError extends PvioError {
 /** Largest config file {@link loadConfig} reads: a config is a few hundred bytes. */
 const MAX_CONFIG_BYTES = 1 << 20;
 
-const KNOWN_KEYS = ['name', 'memory', 'vcpus', 'kernel', 'extra', 'disk'] as const;
+const KNOWN_KEYS = ['name', 'memory', 'vcpus', 'kernel', 'extra', 'disk', 'vif'] as const;
 type Key = (typeof KNOWN_KEYS)[number];
 
 const KERNEL_EXTENSIONS = ['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs'];
@@ -540,6 +546,279 @@ function applyExtraKey(
   }
 }
 
+// ---------------------------------------------------------------------------
+// Vifs
+
+/**
+ * xl's vif rate limit, as libxl hands it to netback (the XenStore `rate` key,
+ * `BYTES,USEC`; Linux netback's `credit_bytes` / `credit_usec`): every
+ * `intervalUs` the vif's transmit credit is refilled to `bytesPerInterval`.
+ *
+ * @see docs/man/xl-network-configuration.5.pod (`rate`)
+ * @see tools/libs/util/libxlu_vif.c `xlu_vif_parse_rate()`
+ */
+export interface VifRate {
+  /** Credit per interval, in bytes: an integer ≥ 1 (xl's `rate_bytes_per_interval`). */
+  bytesPerInterval: number;
+  /** Refill interval, in µs: an integer 1 … 2^32 − 1 (xl's `rate_interval_usecs`; default 50000). */
+  intervalUs: number;
+}
+
+/**
+ * One virtual network interface of a guest, from one entry of the config's `vif`
+ * list; its DEVID is its index in that list. {@link parseVifSpec} always sets
+ * `bridge`, `mtu` and `persistent` (to their defaults when the spec does not);
+ * they are optional here so that a program may also build a spec by hand (e.g.
+ * `{ persistent: true }`) and leave them to the toolstack. The other fields are
+ * absent unless the spec sets them: the toolstack or the frontend/backend
+ * negotiation decides.
+ *
+ * @see docs/man/xl-network-configuration.5.pod
+ */
+export interface VifSpec {
+  /**
+   * The guest's MAC address, lower-case `xx:xx:xx:xx:xx:xx`: unicast and not all
+   * zeros. Absent when not given: the toolstack then generates one in Xen's OUI
+   * `00:16:3e`, as xl does.
+   */
+  mac?: string;
+  /** dom0 bridge the vif joins (`bridge`, default {@link DEFAULT_VIF_BRIDGE}); at most 15 characters. */
+  bridge?: string;
+  /**
+   * MTU in bytes, the largest IP packet without the Ethernet header (`mtu`,
+   * 68 … 65535, default {@link DEFAULT_VIF_MTU}).
+   */
+  mtu?: number;
+  /** Transmit rate limit (`rate`); absent = unlimited, as in xl. */
+  rate?: VifRate;
+  /** Backend interface name (`vifname`); absent = `vif<DOMID>.<DEVID>`. */
+  vifname?: string;
+  /** Addresses from `ip=` (split on spaces), each IPv4 or IPv6 with an optional `/PREFIX`; absent when not given. */
+  ip?: string[];
+  /**
+   * pvio extension `persistent=0|1`: false (default) = grant copy, Linux netback's
+   * way; true = pvio's pool of persistently granted buffers.
+   */
+  persistent?: boolean;
+  /**
+   * pvio extension `queues=1..8`: the most queues (`multi-queue-num-queues`) to
+   * use; absent = the smaller of the guest's vCPUs and the backend's maximum,
+   * decided when the vif is connected.
+   */
+  queues?: number;
+  /** pvio extension `sg=0|1`: offer scatter-gather (`feature-sg`); absent = on where both ends support it. */
+  sg?: boolean;
+  /** pvio extension `gso=0|1`: offer TCP segmentation offload (`feature-gso-tcpv4`/`-tcpv6`); absent = on where supported. */
+  gso?: boolean;
+  /** pvio extension `csum-offload=0|1`: checksum offload (false: `feature-no-csum-offload`); absent = on where supported. */
+  csumOffload?: boolean;
+  /** pvio extension `split-event-channels=0|1`: separate tx/rx event channels (`feature-split-event-channels`); absent = on where supported. */
+  splitEventChannels?: boolean;
+}
+
+/** xl's default `bridge`. */
+export const DEFAULT_VIF_BRIDGE = 'xenbr0';
+/** xl's default `mtu`, in bytes. */
+export const DEFAULT_VIF_MTU = 1500;
+/** Most vifs per guest. */
+export const MAX_VIFS = 8;
+/** Most queues a vif spec may ask for (`queues=`), netback's `multi-queue-max-queues`. */
+export const MAX_VIF_QUEUES = 8;
+
+/** xl's replenishment interval when `rate=` gives none: 50 ms. */
+const DEFAULT_RATE_INTERVAL_US = 50_000;
+const UINT32_MAX = 0xffff_ffff;
+
+/** The vif spec keys pvio takes, xl's first, then pvio's extensions. */
+const VIF_KEYS = [
+  'mac', 'bridge', 'rate', 'mtu', 'ip', 'vifname', 'type',
+  'persistent', 'queues', 'sg', 'gso', 'csum-offload', 'split-event-channels',
+] as const;
+type VifKey = (typeof VIF_KEYS)[number];
+
+/** xl's vif keys that pvio recognises but cannot honour, with why. */
+const UNSUPPORTED_VIF_KEYS: Record<string, string> = {
+  model: 'pvio vifs are paravirtual only (no emulated NIC)',
+  script: 'pvio runs no hotplug scripts; dom0 adds the vif to its bridge itself',
+  backend: 'backends run in dom0 only',
+  gatewaydev: 'pvio has bridges only (no vif-route)',
+  netdev: 'pvio has bridges only (no vif-route)',
+  devid: "a vif's DEVID is its index in the vif list",
+};
+
+/** Linux interface names (IFNAMSIZ 16, so 15 characters), for `bridge` and `vifname`. */
+const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+
+/**
+ * Parses one vif spec, in xl's form: comma-separated `KEY=VALUE` pairs, all
+ * optional, in any order, each key at most once; whitespace around parts and
+ * around `=` is ignored, and so are empty parts (`''` is a vif with every default).
+ *
+ * xl's keys:
+ * - `mac=XX:XX:XX:XX:XX:XX`: six hex octets, either case (stored lower-case);
+ *   multicast (low bit of the first octet set) and all-zero MACs are refused;
+ * - `bridge=NAME` (default `xenbr0`) and `vifname=NAME`: `[A-Za-z0-9][A-Za-z0-9_.-]`,
+ *   at most 15 characters;
+ * - `rate=RATE/s[@INTERVAL]`: RATE a whole number 1 … 2^32 − 1 with a unit `B`,
+ *   `KB`, `MB`, `GB` (bytes) or `b`, `Kb`, `Mb`, `Gb` (bits; divided by 8) — K, M
+ *   and G are powers of 1000, as in xl's `libxlu_vif.c` — and INTERVAL a whole
+ *   number with `us`, `ms` or `s` (default 50ms). As xl, the credit is
+ *   `floor(bytesPerSecond × intervalUs / 10^6)` bytes, so `10Mb/s` = 62500 bytes
+ *   per 50000 µs and `1MB/s@20ms` = 20000 bytes per 20000 µs. Unlike xl, an
+ *   INTERVAL needs its unit (xl's man page says a bare number is µs, its parser
+ *   reads seconds), numbers may not start with 0 (xl would read them as octal),
+ *   and a rate that leaves less than one byte per interval is refused;
+ * - `mtu=68..65535` (default 1500);
+ * - `ip=ADDR[ ADDR...]`: IPv4 or IPv6 addresses, each with an optional `/PREFIX`;
+ * - `type=vif` (the only type: accepted and ignored).
+ *
+ * pvio's extensions, each `0` or `1` (`on`/`off`, `yes`/`no` too, as for disks):
+ * `persistent` (default 0: grant copy; 1: persistent buffer pool), `sg`, `gso`,
+ * `csum-offload`, `split-event-channels` (absent: on where both ends support it),
+ * and `queues=1..8`.
+ *
+ * xl's `model`, `script`, `backend`, `gatewaydev`, `netdev` and `devid` are refused
+ * with the reason; any other key is unknown.
+ *
+ * @param spec one entry of the `vif` list
+ * @returns the vif, with `bridge`, `mtu` and `persistent` defaulted (see {@link VifSpec})
+ * @throws ConfigError (with no file or line; {@link parseConfig} adds them) naming
+ *   the problem, e.g. `malformed vif spec 'mtu=9': mtu must be an integer 68..65535, got '9'`
+ * @see docs/man/xl-network-configuration.5.pod
+ */
+export function parseVifSpec(spec: string): VifSpec {
+  try {
+    return parseVifSpecOrThrow(spec);
+  } catch (e) {
+    if (e instanceof LocatedProblem) throw new ConfigError(e.problem);
+    throw e;
+  }
+}
+
+function parseVifSpecOrThrow(spec: string): VifSpec {
+  const bad = (why: string): LocatedProblem => new LocatedProblem(`malformed vif spec ${q(spec)}: ${why}`, undefined);
+  const out: VifSpec = { bridge: DEFAULT_VIF_BRIDGE, mtu: DEFAULT_VIF_MTU, persistent: false };
+  const seen = new Set<string>();
+  for (const raw of spec.split(',')) {
+    const part = raw.trim();
+    if (part === '') continue;
+    const m = /^([^=]*?)\s*=\s*([\s\S]*)$/.exec(part);
+    if (!m) throw bad(`expected KEY=VALUE, found ${q(part)}`);
+    const key = m[1]!;
+    const v = m[2]!;
+    if (Object.hasOwn(UNSUPPORTED_VIF_KEYS, key)) throw bad(`unsupported parameter ${q(key)}: ${UNSUPPORTED_VIF_KEYS[key]}`);
+    if (!(VIF_KEYS as readonly string[]).includes(key)) {
+      throw bad(`unknown parameter ${q(key)} (known: ${VIF_KEYS.join(', ')})`);
+    }
+    if (seen.has(key)) throw bad(`${key} given twice`);
+    seen.add(key);
+    applyVifKey(key as VifKey, v, out, bad);
+  }
+  return out;
+}
+
+/** Applies one of {@link VIF_KEYS} to `out`; throws `bad(...)` for a bad value. */
+function applyVifKey(key: VifKey, v: string, out: VifSpec, bad: (why: string) => LocatedProblem): void {
+  const bool = (): boolean => {
+    if (v === '1' || v === 'on' || v === 'yes') return true;
+    if (v === '0' || v === 'off' || v === 'no') return false;
+    throw bad(`${key} must be 0 or 1, got ${q(v)}`);
+  };
+  const int = (min: number, max: number): number => {
+    if (!/^[0-9]{1,6}$/.test(v) || Number(v) < min || Number(v) > max) throw bad(`${key} must be an integer ${min}..${max}, got ${q(v)}`);
+    return Number(v);
+  };
+  const ifname = (): string => {
+    if (!IFNAME_RE.test(v)) {
+      throw bad(`bad ${key} ${q(v)}: use letters, digits, '_', '.', '-' (at most 15, not starting with '_', '.' or '-')`);
+    }
+    return v;
+  };
+  switch (key) {
+    case 'mac': out.mac = parseMac(v, bad); break;
+    case 'bridge': out.bridge = ifname(); break;
+    case 'vifname': out.vifname = ifname(); break;
+    case 'rate': out.rate = parseRate(v, bad); break;
+    case 'mtu': out.mtu = int(68, 65535); break;
+    case 'ip': {
+      const addrs = v.split(/\s+/).filter((a) => a !== '');
+      if (addrs.length === 0) throw bad('ip needs at least one address');
+      for (const a of addrs) {
+        const m = /^([^/]+)(?:\/([0-9]{1,3}))?$/.exec(a);
+        const family = m ? isIP(m[1]!) : 0;
+        if (!m || family === 0 || (m[2] !== undefined && Number(m[2]) > (family === 4 ? 32 : 128))) {
+          throw bad(`bad ip ${q(a)}: expected IPv4 or IPv6 addresses, each with an optional /PREFIX, separated by spaces`);
+        }
+      }
+      out.ip = addrs;
+      break;
+    }
+    case 'type':
+      if (v !== 'vif') throw bad(`unsupported type ${q(v)} (only 'vif': pvio has no emulated NICs)`);
+      break;
+    case 'persistent': out.persistent = bool(); break;
+    case 'queues': out.queues = int(1, MAX_VIF_QUEUES); break;
+    case 'sg': out.sg = bool(); break;
+    case 'gso': out.gso = bool(); break;
+    case 'csum-offload': out.csumOffload = bool(); break;
+    case 'split-event-channels': out.splitEventChannels = bool(); break;
+  }
+}
+
+/** `XX:XX:XX:XX:XX:XX` → lower-case; refuses multicast and all-zero addresses. */
+function parseMac(v: string, bad: (why: string) => LocatedProblem): string {
+  if (!/^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$/.test(v)) {
+    throw bad(`bad mac ${q(v)}: expected six hex octets XX:XX:XX:XX:XX:XX`);
+  }
+  const mac = v.toLowerCase();
+  const octets = mac.split(':').map((o) => parseInt(o, 16));
+  if (octets[0]! & 1) throw bad(`mac ${mac} is a multicast address (low bit of the first octet set)`);
+  if (octets.every((o) => o === 0)) throw bad('mac 00:00:00:00:00:00 is not a valid address');
+  return mac;
+}
+
+/** Multipliers of xl's rate units, in bytes (K/M/G are powers of 1000, as in libxlu_vif.c). */
+const RATE_UNIT_BYTES: Record<string, bigint> = { '': 1n, K: 1000n, M: 1_000_000n, G: 1_000_000_000n };
+const INTERVAL_UNIT_US: Record<string, bigint> = { us: 1n, ms: 1000n, s: 1_000_000n };
+
+/**
+ * `RATE/s[@INTERVAL]` → credit per interval, with xl's arithmetic: bytes per second
+ * = RATE × unit (÷ 8, rounded down, for bits), credit = bytes per second ×
+ * interval ÷ 10^6, rounded down. BigInt, since RATE × 10^9 × interval passes 2^53.
+ *
+ * @see tools/libs/util/libxlu_vif.c `xlu_vif_parse_rate()`
+ */
+function parseRate(v: string, bad: (why: string) => LocatedProblem): VifRate {
+  const shape = 'expected RATE/s[@INTERVAL], RATE with a unit B, KB, MB, GB (bytes) or b, Kb, Mb, Gb (bits), INTERVAL with us, ms or s, e.g. 10Mb/s or 1MB/s@20ms';
+  const at = v.indexOf('@');
+  const ratePart = at < 0 ? v : v.slice(0, at);
+  const intervalPart = at < 0 ? undefined : v.slice(at + 1);
+
+  const r = /^([0-9]+)([KMG]?)([Bb])\/s$/.exec(ratePart);
+  if (!r) throw bad(`bad rate ${q(v)}: ${shape}`);
+  if (r[1]!.startsWith('0')) throw bad(`bad rate ${q(v)}: the rate must be a whole number from 1, without leading zeros`);
+  const n = BigInt(r[1]!);
+  if (n > BigInt(UINT32_MAX)) throw bad(`bad rate ${q(v)}: the number is over ${UINT32_MAX}`);
+  let bytesPerSec = n * RATE_UNIT_BYTES[r[2]!]!;
+  if (r[3] === 'b') bytesPerSec /= 8n;
+
+  let intervalUs = BigInt(DEFAULT_RATE_INTERVAL_US);
+  if (intervalPart !== undefined) {
+    const i = /^([0-9]+)(us|ms|s)$/.exec(intervalPart);
+    if (!i) throw bad(`bad rate ${q(v)}: ${shape}`);
+    if (i[1]!.startsWith('0')) throw bad(`bad rate ${q(v)}: the interval must be a whole number from 1, without leading zeros`);
+    intervalUs = BigInt(i[1]!) * INTERVAL_UNIT_US[i[2]!]!;
+    if (intervalUs > BigInt(UINT32_MAX)) throw bad(`bad rate ${q(v)}: the interval is over ${UINT32_MAX} µs`);
+  }
+
+  const bytesPerInterval = (bytesPerSec * intervalUs) / 1_000_000n;
+  if (bytesPerInterval < 1n) {
+    throw bad(`bad rate ${q(v)}: less than one byte per ${intervalUs} µs interval; raise the rate or the interval`);
+  }
+  if (bytesPerInterval > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`bad rate ${q(v)}: over 2^53 bytes per interval`);
+  return { bytesPerInterval: Number(bytesPerInterval), intervalUs: Number(intervalUs) };
+}
+
 /**
  * Parses the text of one config file (one guest domain).
  *
@@ -547,12 +826,12 @@ function applyExtraKey(
  * @param opts.file name used in error messages (default `<config>`)
  * @param opts.baseDir directory that `kernel` and relative disk paths are resolved
  *   against (normally the config file's directory)
- * @returns the domain, with defaults filled in (`memoryMiB` 64, `vcpus` 1, no disks)
- *   and absolute `kernel` and disk paths; nothing is checked on disk
+ * @returns the domain, with defaults filled in (`memoryMiB` 64, `vcpus` 1, no disks,
+ *   no vifs) and absolute `kernel` and disk paths; nothing is checked on disk
  * @throws ConfigError for the first problem found — malformed line, unknown key, a
  *   key set twice, a value of the wrong type or range, a bad disk spec, a vdev used
- *   twice, an unterminated list or string (at the line it opened), a missing `name`
- *   or `kernel` (no line)
+ *   twice, a bad vif spec, a MAC used twice, more than 8 vifs, an unterminated list
+ *   or string (at the line it opened), a missing `name` or `kernel` (no line)
  */
 export function parseConfig(text: string, opts: { file?: string; baseDir: string }): DomainConfig {
   const file = opts.file ?? '<config>';
@@ -626,12 +905,44 @@ function build(settings: Map<Key, Setting>, baseDir: string): DomainConfig {
     }
   }
 
+  const vifs: VifSpec[] = [];
+  const vifSetting = get('vif');
+  if (vifSetting) {
+    if (vifSetting.value.kind !== 'list') {
+      throw new LocatedProblem(`vif must be a list of vif specs, e.g. [ 'bridge=xenbr0' ], got ${valueKind(vifSetting.value)}`,
+        vifSetting.value.line);
+    }
+    const seenMac = new Map<string, number>();
+    for (const item of vifSetting.value.items) {
+      if (item.kind !== 'string') {
+        throw new LocatedProblem(`vif entries must be quoted strings, got number ${item.text}`, item.line);
+      }
+      if (vifs.length === MAX_VIFS) {
+        throw new LocatedProblem(`too many vifs: at most ${MAX_VIFS} per guest`, item.line);
+      }
+      let v: VifSpec;
+      try {
+        v = parseVifSpecOrThrow(item.value);
+      } catch (e) {
+        if (e instanceof LocatedProblem) throw new LocatedProblem(e.problem, item.line);
+        throw e;
+      }
+      if (v.mac !== undefined) {
+        const mLine = seenMac.get(v.mac);
+        if (mLine !== undefined) throw new LocatedProblem(`mac ${v.mac} is used twice (also at line ${mLine})`, item.line);
+        seenMac.set(v.mac, item.line);
+      }
+      vifs.push(v);
+    }
+  }
+
   const config: DomainConfig = {
     name: name.value,
     memoryMiB: memory ? wantInt(memory, 'MiB', 1) : 64,
     vcpus: vcpus ? wantInt(vcpus, 'vCPU count', 1) : 1,
     kernel: isAbsolute(kernel.value) ? resolve(kernel.value) : resolve(baseDir, kernel.value),
     disks,
+    vifs,
   };
   if (extra) config.extra = wantString(extra).value;
   return config;

@@ -17,6 +17,11 @@ import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
 import { openStore } from '../blkback/open-store.ts';
 import { serveBlkbackQueues, storeIsShareable } from '../blkback/vcpu-queues.ts';
+import { RingScheduler } from '../rings/scheduler.ts';
+import { Bridge } from '../netback/bridge.ts';
+import { NetbackDevice } from '../netback/xenbus.ts';
+import type { NetbackQueue, NetbackRate } from '../netback/netback.ts';
+import { PcapWriter } from '../netback/pcap.ts';
 import type { StoreSpec } from '../blkback/storage.ts';
 import type { BlkbackFeatures } from '../blkback/features.ts';
 
@@ -28,10 +33,32 @@ export type Dom0Request =
     features?: Partial<BlkbackFeatures>; store?: StoreSpec; initWaitDelayMs?: number; asyncStore?: boolean;
   }
   | { type: 'resizeDisk'; reqId: number; domid: number; vdev: string; sizeBytes: number }
+  | { type: 'addVif'; reqId: number; domid: number; vif: Dom0Vif }
+  | { type: 'capture'; reqId: number; path: string | null }
   | { type: 'release'; reqId: number; domid: number }
   | { type: 'stats'; reqId: number }
   | { type: 'console'; reqId: number; forward: boolean }
   | { type: 'shutdown'; reqId: number };
+
+/** A vif as the toolstack asks dom0 to attach it (defaults filled in). */
+export interface Dom0Vif {
+  /** Index in the guest (`device/vif/<devid>`, `handle`). */
+  readonly devid: number;
+  /** `xx:xx:xx:xx:xx:xx`. */
+  readonly mac: string;
+  readonly bridge: string;
+  /** MTU in bytes (written to the frontend dir). */
+  readonly mtu: number;
+  readonly rate: NetbackRate | null;
+  /** Offer pvio's persistent buffer pool (else grant copy, Linux's way). */
+  readonly persistent: boolean;
+  readonly maxQueues?: number;
+  readonly sg?: boolean;
+  readonly gso?: boolean;
+  readonly splitEventChannels?: boolean;
+  /** False: the frontend is asked (`no-csum-offload` in its device dir) to write feature-no-csum-offload. */
+  readonly csumOffload?: boolean;
+}
 
 /** dom0's answers (and its one `ready` notice). */
 export type Dom0Reply =
@@ -47,6 +74,7 @@ interface Guest {
   store: { server: XenstoreRingServer; port: EvtchnPort; handle: GrantHandle };
   console: { port: EvtchnPort; handle: GrantHandle; drain(): void; partial: string };
   disks: BlkbackDevice[];
+  vifs: NetbackDevice[];
 }
 
 /** dom0's main: serves toolstack commands until told to shut down. */
@@ -54,6 +82,15 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   const xs = k.xenbus;
   const xenstored = k.xenstored!;
   const sched = new BlkbackScheduler();
+  const netSched = new RingScheduler<NetbackQueue>();
+  /** Bridges by name, created on first use. */
+  const bridges = new Map<string, Bridge>();
+  let capture: PcapWriter | null = null;
+  const bridge = (name: string): Bridge => {
+    let b = bridges.get(name);
+    if (!b) bridges.set(name, (b = new Bridge(name, capture)));
+    return b;
+  };
   const guests = new Map<number, Guest>();
   const consoleCounters = { lines: 0, bytes: 0 };
   /** `@releaseDomain` watch events seen (the first one fires when the watch is set). */
@@ -67,6 +104,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   };
   /** Final counters of devices whose domain is gone, by device name. */
   const retired: Record<string, unknown> = {};
+  /** Final counters of vifs whose domain is gone, by `guest/vifD.N`. */
+  const retiredVifs: Record<string, unknown> = {};
   // Queues served by dom0's other vCPUs report their protocol errors here.
   k.serveVcpuCalls({
     'blkback.ringError': (a: { key: string; message: string }) => {
@@ -101,7 +140,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const buf = new Uint8Array(2048);
     const dec = new TextDecoder();
     const g: Guest = {
-      domid, name, disks: [], store: { ...store, handle: sp.handle },
+      domid, name, disks: [], vifs: [], store: { ...store, handle: sp.handle },
       console: {
         port, handle: cp.handle, partial: '',
         drain() {
@@ -172,6 +211,45 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     else void started;
   }
 
+  async function addVif(domid: number, v: Dom0Vif): Promise<void> {
+    const g = guests.get(domid);
+    if (!g) throw new Error(`dom${domid} is not introduced`);
+    const be = `/local/domain/0/backend/vif/${domid}/${v.devid}`;
+    const fe = `/local/domain/${domid}/device/vif/${v.devid}`;
+    await xs.transaction(async (tx) => {
+      await tx.mkdir(be);
+      await tx.setPerms(be, [{ domid: 0, perm: 'n' }, { domid, perm: 'r' }]);
+      await tx.mkdir(fe);
+      await tx.setPerms(fe, [{ domid, perm: 'n' }, { domid: 0, perm: 'r' }]);
+      await tx.write(`${be}/frontend`, fe);
+      await tx.write(`${be}/frontend-id`, String(domid));
+      await tx.write(`${be}/online`, '1');
+      await tx.write(`${be}/handle`, String(v.devid));
+      await tx.write(`${be}/mac`, v.mac);
+      await tx.write(`${be}/bridge`, v.bridge);
+      if (v.rate) await tx.write(`${be}/rate`, `${v.rate.bytesPerInterval},${v.rate.intervalUs}`);
+      await tx.write(`${be}/state`, String(XenbusState.Initialising));
+      await tx.write(`${fe}/backend`, be);
+      await tx.write(`${fe}/backend-id`, '0');
+      await tx.write(`${fe}/handle`, String(v.devid));
+      await tx.write(`${fe}/mac`, v.mac);
+      await tx.write(`${fe}/mtu`, String(v.mtu));
+      if (v.persistent) await tx.write(`${fe}/feature-persistent`, '1');
+      if (v.csumOffload === false) await tx.write(`${fe}/no-csum-offload`, '1');
+      await tx.write(`${fe}/state`, String(XenbusState.Initialising));
+    });
+    const dev = new NetbackDevice(k, netSched, {
+      frontDomid: domid, devid: v.devid, bridge: bridge(v.bridge), persistent: v.persistent, maxQueues: v.maxQueues,
+      sg: v.sg, gso: v.gso, splitEventChannels: v.splitEventChannels, rate: v.rate,
+    });
+    g.vifs.push(dev);
+    await dev.start();
+  }
+
+  function vifStats(v: NetbackDevice): unknown {
+    return { ...v.counters(), bridge: v.opts.bridge.name, protocolError: v.protocolError, negotiated: v.negotiated };
+  }
+
   async function diskStats(d: BlkbackDevice): Promise<unknown> {
     return { ...(await d.counters()), sectors: d.sectors, protocolError: d.protocolError, features: d.features, negotiated: d.negotiated };
   }
@@ -184,6 +262,10 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       for (const d of g.disks) {
         await d.destroy();
         retired[d.opts.name] = await diskStats(d);
+      }
+      for (const v of g.vifs) {
+        await v.destroy();
+        retiredVifs[`${g.name}/${v.name}`] = vifStats(v);
       }
       try {
         g.console.drain();
@@ -211,8 +293,11 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   async function stats(): Promise<unknown> {
     const disks: Record<string, unknown> = { ...retired };
     for (const g of guests.values()) for (const d of g.disks) disks[d.opts.name] = await diskStats(d);
+    const vifs: Record<string, unknown> = { ...retiredVifs };
+    for (const g of guests.values()) for (const v of g.vifs) vifs[`${g.name}/${v.name}`] = vifStats(v);
     return {
-      disks, console: { ...consoleCounters }, releaseDomainEvents, xenstored: { ...xenstored.counters },
+      disks, vifs,
+      bridges: Object.fromEntries([...bridges].map(([n, b]) => [n, { ...b.counters, ports: b.portNames() }])), console: { ...consoleCounters }, releaseDomainEvents, xenstored: { ...xenstored.counters },
       guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
     };
   }
@@ -240,9 +325,17 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             break;
           }
           case 'stats': value = await stats(); break;
+          case 'addVif': await addVif(req.domid, req.vif); break;
+          case 'capture':
+            capture?.close();
+            capture = req.path ? PcapWriter.open(req.path) : null;
+            for (const b of bridges.values()) b.setCapture(capture);
+            break;
           case 'console': forwardConsole = req.forward; break;
           case 'shutdown':
             for (const g of [...guests.values()]) await teardownGuest(g);
+            capture?.close();
+            capture = null;
             resolveDone();
             break;
         }

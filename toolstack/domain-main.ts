@@ -2,7 +2,7 @@
  * Entry of every domain vCPU worker (started by the hypervisor through
  * hypervisor/worker-bootstrap.mjs). It builds the vCPU's {@link Kernel}, runs the
  * event loop, waits for the first unpause, connects XenStore, and on vCPU 0:
- * probes the frontends the toolstack attached (a domU's disks), imports the guest
+ * probes the frontends the toolstack attached (a domU's disks and vifs), imports the guest
  * module and calls its default export with the kernel. Its result goes to the
  * toolstack; then devices are torn down in order (Closing → Closed, grants ended,
  * ports closed) and the domain shuts down with SCHEDOP_shutdown(poweroff).
@@ -15,6 +15,7 @@ import { SHUTDOWN } from '../hypervisor/abi.ts';
 import type { BootInfo } from '../hypervisor/boot.ts';
 import { Kernel, type GuestMain, type SecondaryMain } from '../hypervisor/kernel.ts';
 import { probeBlkfronts } from '../blkfront/xenbus.ts';
+import { probeNetfronts } from '../netfront/xenbus.ts';
 
 /** Worker entry, called by the bootstrap with `workerData`. */
 export async function start(data: { boot: BootInfo }): Promise<void> {
@@ -39,7 +40,10 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
   let reason: number = SHUTDOWN.poweroff;
   try {
     k.connectXenStore();
-    if (!k.privileged) for (const [name, dev] of await probeBlkfronts(k)) k.devices.set(name, dev);
+    if (!k.privileged) {
+      for (const [name, dev] of await probeBlkfronts(k)) k.devices.set(name, dev);
+      for (const [name, nic] of await probeNetfronts(k)) k.devices.set(name, nic);
+    }
     const mod = (await import(data.boot.guest.module)) as { default?: GuestMain; main?: GuestMain };
     const main = mod.default ?? mod.main;
     if (typeof main !== 'function') throw new Error(`${data.boot.guest.module} has no default export`);

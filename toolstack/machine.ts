@@ -16,8 +16,8 @@ import { SpinTokens } from '../hypervisor/spin.ts';
 import { SHUTDOWN, PAGE_SIZE } from '../hypervisor/abi.ts';
 import type { HvMessage, HvRequest } from '../hypervisor/main.ts';
 import type { CreateDomainOptions } from '../hypervisor/hypervisor.ts';
-import type { DiskSpec } from './config.ts';
-import type { Dom0Request, Dom0Reply } from './dom0.ts';
+import { DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU, type DiskSpec, type VifSpec } from './config.ts';
+import type { Dom0Request, Dom0Reply, Dom0Vif } from './dom0.ts';
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
@@ -52,6 +52,8 @@ export interface GuestSpec {
   readonly initWaitDelayMs?: number;
   /** Serve the disks with the raw-file store's asynchronous mode (completion by id through libuv). */
   readonly asyncStore?: boolean;
+  /** Virtual NICs (`vif = [...]` in the config), `eth0`, `eth1`, ... in the guest. */
+  readonly vifs?: readonly VifSpec[];
 }
 
 /** A running guest. */
@@ -84,6 +86,11 @@ export interface MachineOptions {
    * raw files, without a trace).
    */
   readonly dom0Vcpus?: number;
+  /**
+   * Capture every frame crossing dom0's bridges to this pcap file (`pvio up --pcap`);
+   * frames with partial checksums are written completed.
+   */
+  readonly pcap?: string;
   /** Deadline for each control request (ms). */
   readonly requestTimeoutMs?: number;
   /**
@@ -91,6 +98,28 @@ export interface MachineOptions {
    * by dom0). Without it, dom0 writes the lines to stdout as `[name] line`.
    */
   readonly onConsole?: (domain: string, line: string) => void;
+}
+
+/**
+ * A vif spec with the toolstack's defaults filled in: a MAC in Xen's OUI 00:16:3e
+ * made from the domid and index when none is given (as xl generates one), bridge
+ * `xenbr0`, MTU 1500, grant-copy mode.
+ */
+export function dom0Vif(domid: number, devid: number, v: VifSpec): Dom0Vif {
+  const hex = (n: number) => (n & 0xff).toString(16).padStart(2, '0');
+  return {
+    devid,
+    mac: v.mac ?? `00:16:3e:${hex(domid >> 8)}:${hex(domid)}:${hex(devid)}`,
+    bridge: v.bridge ?? DEFAULT_VIF_BRIDGE,
+    mtu: v.mtu ?? DEFAULT_VIF_MTU,
+    rate: v.rate ?? null,
+    persistent: v.persistent ?? false,
+    maxQueues: v.queues,
+    sg: v.sg,
+    gso: v.gso,
+    splitEventChannels: v.splitEventChannels,
+    csumOffload: v.csumOffload,
+  };
 }
 
 /** A control request failed or timed out. */
@@ -153,6 +182,7 @@ export class Machine {
     await m.hvRequest({ type: 'unpause', reqId: 0, domid: dom0.domid });
     await ready;
     if (opts.onConsole) await m.dom0Request({ type: 'console', forward: true });
+    if (opts.pcap) await m.dom0Request({ type: 'capture', path: opts.pcap });
     return m;
   }
 
@@ -286,6 +316,9 @@ export class Machine {
           type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly,
           features: d.features, store: d.store, initWaitDelayMs: spec.initWaitDelayMs, asyncStore: spec.asyncStore,
         });
+      }
+      for (const [devid, v] of (spec.vifs ?? []).entries()) {
+        await this.dom0Request({ type: 'addVif', domid, vif: dom0Vif(domid, devid, v) });
       }
     } catch (e) {
       await this.hvRequest({ type: 'destroy', reqId: 0, domid });

@@ -10,6 +10,7 @@ import type { Kernel } from '../../hypervisor/kernel.ts';
 import type { GuestPage } from '../../hypervisor/guest-memory.ts';
 import type { EvtchnPort, GrantHandle, GrantRef } from '../../hypervisor/abi.ts';
 import type { Blkfront } from '../../blkfront/xenbus.ts';
+import type { Netfront } from '../../netfront/xenbus.ts';
 import type { CopyRequest } from '../../grant-table/gnttab.ts';
 import { serveCalls } from '../../toolstack/guest-calls.ts';
 
@@ -34,6 +35,11 @@ export default function main(k: Kernel): Promise<unknown> {
       if (performance.now() > deadline) throw new Error(`timeout waiting for ${what}`);
       await new Promise((r) => setImmediate(r));
     }
+  };
+  const nic = (name: string) => {
+    const n = k.devices.get(name) as Netfront | undefined;
+    if (!n) throw new Error(`no nic ${name}`);
+    return n;
   };
   const disk = (name: string) => {
     const d = k.devices.get(name) as Blkfront | undefined;
@@ -249,6 +255,28 @@ export default function main(k: Kernel): Promise<unknown> {
       return c?.completed ?? 0;
     },
     inFlight: (a) => disk(a.name).inFlight,
+    nicInfo: (a) => {
+      const n = nic(a.name);
+      return { name: n.name, mac: n.mac, mtu: n.mtu, features: n.features, counters: n.counters, broken: n.isBroken };
+    },
+    /** Sends each frame of `frames` (byte arrays) in order; `csumBlank` marks them partial. */
+    nicSend: async (a) => {
+      const n = nic(a.name);
+      for (const f of a.frames as number[][]) await n.send(Uint8Array.from(f), { csumBlank: a.csumBlank ?? false });
+      return (a.frames as unknown[]).length;
+    },
+    /** Up to `max` received frames (byte arrays), waiting up to `timeoutMs` for the first and `idleMs` for each next. */
+    nicReceive: async (a) => {
+      const n = nic(a.name);
+      const out: number[][] = [];
+      let f = await n.receive(a.timeoutMs ?? 2000);
+      while (f) {
+        out.push([...f]);
+        if (out.length >= (a.max ?? 1_000_000)) break;
+        f = await n.receive(a.idleMs ?? 50);
+      }
+      return out;
+    },
     exit: (a) => finish(a.value ?? null),
     crash: (a) => void setImmediate(() => fail(new Error(a.message ?? 'guest crashed on purpose'))),
   };

@@ -1,0 +1,127 @@
+/**
+ * dom0's bridge (`xenbr0`, ...): a learning switch between vifs, as Linux's bridge
+ * joins Xen's vif devices. Each frame's source MAC is learnt on the port it came in
+ * by; a frame to a known unicast MAC goes to that port only, a broadcast, multicast
+ * or unknown destination floods every other port. A frame is never sent back out of
+ * the port it came in by.
+ *
+ * Checksums: a frame whose L4 checksum is partial (`NETTXF_csum_blank` from its
+ * frontend) keeps it partial only towards ports that accept checksum offload; before
+ * it leaves for any other port — and for the capture — the bridge completes it, as
+ * Linux does (`skb_checksum_help`) when it forwards to a device without offload.
+ *
+ * The capture (a {@link PcapWriter}) sees every frame that enters the bridge, once,
+ * with complete checksums.
+ *
+ * @see Linux net/bridge/br_forward.c, br_fdb.c
+ */
+import { completeChecksum } from '../netfront/frame.ts';
+import type { PcapWriter } from './pcap.ts';
+
+/** One port of a bridge: a vif queue set, or a TAP. */
+export interface BridgePort {
+  /** `vif<domid>.<devid>`, `tap0`, ... */
+  readonly name: string;
+  /** Whether frames with partial checksums may be handed to this port as they are. */
+  readonly csumOffload: boolean;
+  /**
+   * Takes a frame out of the bridge. The frame is shared with other ports and must
+   * not be written. `csumBlank` only when {@link csumOffload}.
+   */
+  output(frame: Uint8Array, csumBlank: boolean): void;
+}
+
+/** Counters of a bridge (frames, not bytes, except `bytes`). */
+export interface BridgeCounters {
+  /** Frames that entered the bridge. */
+  frames: number;
+  bytes: number;
+  /** Frames sent to one known port. */
+  forwarded: number;
+  /** Frames sent to every other port (broadcast, multicast, unknown destination). */
+  flooded: number;
+  /** Frames whose destination is the port they came in by (dropped, as a switch does). */
+  filtered: number;
+  /** Partial checksums completed here. */
+  checksumsCompleted: number;
+  /** Frames written to the capture. */
+  captured: number;
+}
+
+/** A 48-bit MAC as a number (exact in a double). */
+function macKey(f: Uint8Array, at: number): number {
+  return ((f[at] * 256 + f[at + 1]) * 65536 + (f[at + 2] * 256 + f[at + 3])) * 65536 + (f[at + 4] * 256 + f[at + 5]);
+}
+
+/** A learning switch. */
+export class Bridge {
+  readonly counters: BridgeCounters = { frames: 0, bytes: 0, forwarded: 0, flooded: 0, filtered: 0, checksumsCompleted: 0, captured: 0 };
+  private readonly ports = new Set<BridgePort>();
+  /** The forwarding database: MAC → the port it was last seen on. */
+  private readonly fdb = new Map<number, BridgePort>();
+
+  /** @param capture where every frame entering the bridge is written, or null. */
+  constructor(readonly name: string, private capture: PcapWriter | null = null) {}
+
+  /** Attaches a port. */
+  addPort(p: BridgePort): void {
+    this.ports.add(p);
+  }
+
+  /** Detaches a port and forgets the MACs learnt on it. */
+  removePort(p: BridgePort): void {
+    this.ports.delete(p);
+    for (const [mac, port] of this.fdb) if (port === p) this.fdb.delete(mac);
+  }
+
+  /** Names of the attached ports. */
+  portNames(): string[] {
+    return [...this.ports].map((p) => p.name);
+  }
+
+  /** Sets (or clears) the capture. */
+  setCapture(capture: PcapWriter | null): void {
+    this.capture = capture;
+  }
+
+  /**
+   * A frame enters the bridge through `from`. The frame becomes the bridge's: the
+   * caller must not write it afterwards.
+   * @param csumBlank its L4 checksum is partial.
+   */
+  input(from: BridgePort, frame: Uint8Array, csumBlank: boolean): void {
+    if (frame.length < 14) return;
+    this.counters.frames++;
+    this.counters.bytes += frame.length;
+    if ((frame[6] & 1) === 0) this.fdb.set(macKey(frame, 6), from);
+    let complete: Uint8Array | null = csumBlank ? null : frame;
+    const completed = (): Uint8Array => {
+      if (!complete) {
+        complete = frame.slice();
+        if (completeChecksum(complete)) this.counters.checksumsCompleted++;
+      }
+      return complete;
+    };
+    if (this.capture) {
+      this.capture.write(completed());
+      this.counters.captured++;
+    }
+    const send = (p: BridgePort) => {
+      if (csumBlank && p.csumOffload) p.output(frame, true);
+      else p.output(completed(), false);
+    };
+    const group = (frame[0] & 1) !== 0;
+    const to = group ? undefined : this.fdb.get(macKey(frame, 0));
+    if (to && this.ports.has(to)) {
+      if (to === from) {
+        this.counters.filtered++;
+        return;
+      }
+      this.counters.forwarded++;
+      send(to);
+      return;
+    }
+    this.counters.flooded++;
+    for (const p of this.ports) if (p !== from) send(p);
+  }
+}

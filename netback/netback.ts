@@ -1,0 +1,480 @@
+/**
+ * netback's data path: one vif queue's tx and rx rings, as Linux's xen-netback
+ * serves them (the XenBus side is netback/xenbus.ts, the switch netback/bridge.ts).
+ *
+ * TX (guest → bridge), per packet: the first slot (its `size` is the whole packet),
+ * its extra-info slots (`NETTXF_extra_info`, chained by `XEN_NETIF_EXTRA_FLAG_MORE`;
+ * GSO accepted, each answered `NETIF_RSP_NULL`), then the slots chained by
+ * `NETTXF_more_data`. Every slot is copied out of the ring once and checked:
+ * `offset + size ≤ 4096`, a first slot of at least 14 bytes, a packet of at most
+ * 65535 bytes whose fragments add up. A packet over 18 follow-on slots is dropped
+ * (each slot answered `NETIF_RSP_ERROR`); over 20, the frontend is deemed malicious
+ * and the queue disabled, as Linux's `fatal_skb_slots`. The data is copied with
+ * `GNTTABOP_copy` into dom0's bounce pages (copy mode, Linux's way), or — pvio's
+ * `feature-persistent` — from the frontend's pages mapped once and kept. The
+ * `rate` credit scheduler (bytes per window) holds packets back once the window's
+ * credit is spent.
+ *
+ * RX (bridge → guest): frames wait in a bounded queue (drops counted) until the
+ * frontend has posted enough buffers; each slot is answered in the slot of the
+ * request that gave the buffer, `NETRXF_more_data` chaining a frame over several.
+ *
+ * A protocol error (an impossible producer index, more than 20 slots, a broken extra
+ * chain) disables the queue; the domain and the other vifs go on.
+ *
+ * @see xen/include/public/io/netif.h, Linux drivers/net/xen-netback/netback.c
+ */
+import { BackRing } from '../rings/ring.ts';
+import { ProtocolError } from '../rings/errors.ts';
+import {
+  NETIF_EXTRA_INFO, NETIF_EXTRA_INFO_GSO, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
+  NETIF_RX_REQUEST, NETIF_RX_RESPONSE, NETIF_RX_RING_ENTRY_SIZE, NETIF_TX_REQUEST, NETIF_TX_RESPONSE,
+  NETIF_TX_RING_ENTRY_SIZE, NETRXF_csum_blank, NETRXF_data_validated, NETRXF_more_data, NETTXF_csum_blank,
+  NETTXF_extra_info, NETTXF_more_data, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_GSO_TYPE_TCPV4,
+  XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN,
+} from '../rings/netif.ts';
+import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
+import type { EventChannels } from '../event-channel/evtchn.ts';
+import type { CopyRequest, GrantTable } from '../grant-table/gnttab.ts';
+import type { GuestExtent, GuestMemory } from '../hypervisor/guest-memory.ts';
+
+const TX = NETIF_TX_REQUEST.fields;
+const RXQ = NETIF_RX_REQUEST.fields;
+const EXTRA = NETIF_EXTRA_INFO.fields;
+const GSO = NETIF_EXTRA_INFO_GSO.fields;
+const ETH_HLEN = 14;
+/** More follow-on slots than this and the frontend is deemed malicious (Linux's `fatal_skb_slots` default). */
+export const FATAL_SKB_SLOTS = 20;
+/** Packets taken from the tx ring per pass. */
+const TX_BATCH = 64;
+/** Frames waiting for rx buffers, at most; more are dropped (counted). */
+const RX_QUEUE_MAX = 512;
+/** Bounce extent order: 16 pages hold the largest packet (65535 bytes). */
+const BOUNCE_ORDER = 4;
+
+/** The credit scheduler's parameters (xl's `rate`): `bytesPerInterval` per `intervalUs`. */
+export interface NetbackRate {
+  readonly bytesPerInterval: number;
+  readonly intervalUs: number;
+}
+
+/** What the handshake negotiated for one queue, and where its frames go. */
+export interface NetbackQueueOptions {
+  /** `vif<domid>.<devid>[-q<N>]`, for log lines. */
+  readonly name: string;
+  readonly frontDomid: number;
+  /** The mapped tx and rx ring pages (initialised by the frontend; we only attach). */
+  readonly txMem: Uint8Array;
+  readonly rxMem: Uint8Array;
+  readonly txPort: EvtchnPort;
+  readonly rxPort: EvtchnPort;
+  /** pvio's persistent buffer pool (both ends wrote `feature-persistent=1`). */
+  readonly persistent: boolean;
+  /** The frontend wrote `feature-sg=1`: frames over one page may go to it in several slots. */
+  readonly sg: boolean;
+  /** The frontend accepts partial checksums (it did not write `feature-no-csum-offload=1`). */
+  readonly csumOffload: boolean;
+  /** The credit scheduler, or null for no limit. */
+  readonly rate: NetbackRate | null;
+  /** Hands a frame from the guest to the bridge; `csumBlank` when its L4 checksum is partial. */
+  readonly deliver: (frame: Uint8Array, csumBlank: boolean) => void;
+  /** Called once when the queue is disabled. */
+  readonly onError: (e: Error) => void;
+  /** Asks for another pass (rate window opened). */
+  readonly kick: () => void;
+}
+
+/** Counters of one queue (bytes of frames, Ethernet header included). */
+export interface NetbackCounters {
+  txPackets: number;
+  txBytes: number;
+  txSlots: number;
+  /** Packets answered NETIF_RSP_ERROR (bad slots, failed copies). */
+  txErrors: number;
+  /** Passes that stopped because the rate's credit was spent. */
+  txCreditStalls: number;
+  rxPackets: number;
+  rxBytes: number;
+  rxSlots: number;
+  /** Frames dropped: the queue full, a frame too large for the frontend, a failed copy. */
+  rxDropped: number;
+  grantCopies: number;
+  copyHypercalls: number;
+  grantMaps: number;
+  persistentHits: number;
+  notificationsTx: number;
+  notificationsRx: number;
+  passes: number;
+}
+
+/** One slot of a tx packet, copied out of the ring. */
+interface TxSlot {
+  gref: number;
+  offset: number;
+  flags: number;
+  id: number;
+  size: number;
+}
+
+/** One netback queue. */
+export class NetbackQueue {
+  readonly counters: NetbackCounters = {
+    txPackets: 0, txBytes: 0, txSlots: 0, txErrors: 0, txCreditStalls: 0, rxPackets: 0, rxBytes: 0, rxSlots: 0,
+    rxDropped: 0, grantCopies: 0, copyHypercalls: 0, grantMaps: 0, persistentHits: 0, notificationsTx: 0,
+    notificationsRx: 0, passes: 0,
+  };
+  private readonly tx: BackRing;
+  private readonly rx: BackRing;
+  /** Private copies of one packet's slots (first, up to 4 extras, up to 20 follow-ons), each read once. */
+  private readonly slotBuf = Array.from({ length: FATAL_SKB_SLOTS + XEN_NETIF_EXTRA_TYPE_MAX + 1 }, () => new Uint8Array(NETIF_TX_RING_ENTRY_SIZE));
+  private readonly slotDv = this.slotBuf.map((b) => new DataView(b.buffer));
+  private readonly rxReqBuf = new Uint8Array(NETIF_RX_RING_ENTRY_SIZE);
+  private readonly rxReqDv = new DataView(this.rxReqBuf.buffer);
+  private readonly slots: TxSlot[] = Array.from({ length: FATAL_SKB_SLOTS + 2 }, () => ({ gref: 0, offset: 0, flags: 0, id: 0, size: 0 }));
+  private readonly rxQueue: Array<{ frame: Uint8Array; csumBlank: boolean }> = [];
+  /** Persistent mode: the frontend's pages mapped once, by gref (tx read-only, rx writable). */
+  private readonly mappedTx = new Map<number, { handle: GrantHandle; page: Uint8Array }>();
+  private readonly mappedRx = new Map<number, { handle: GrantHandle; page: Uint8Array }>();
+  private readonly txBounce: GuestExtent | null;
+  private readonly rxBounce: GuestExtent | null;
+  private credit: number;
+  private creditTimer: NodeJS.Timeout | null = null;
+  private dead = false;
+
+  constructor(
+    private readonly o: NetbackQueueOptions,
+    private readonly evtchn: EventChannels,
+    private readonly gnttab: GrantTable,
+    memory: GuestMemory,
+  ) {
+    this.tx = BackRing.attach(o.txMem, NETIF_TX_RING_ENTRY_SIZE);
+    this.rx = BackRing.attach(o.rxMem, NETIF_RX_RING_ENTRY_SIZE);
+    this.txBounce = o.persistent ? null : memory.allocExtent(BOUNCE_ORDER);
+    this.rxBounce = o.persistent ? null : memory.allocExtent(BOUNCE_ORDER);
+    this.credit = o.rate ? Math.max(o.rate.bytesPerInterval, 128 * 1024) : Infinity; // Linux: burst ≥ 128 KiB
+  }
+
+  /** Whether a protocol error disabled this queue. */
+  get isDead(): boolean {
+    return this.dead;
+  }
+
+  /** Frames waiting for rx buffers. */
+  get rxBacklog(): number {
+    return this.rxQueue.length;
+  }
+
+  /**
+   * Queues a frame for the guest (from the bridge). The frame is not copied: the
+   * caller hands over a frame nobody writes any more.
+   * @param csumBlank its L4 checksum is partial (only passed on to a frontend that accepts offload).
+   */
+  enqueueRx(frame: Uint8Array, csumBlank: boolean): void {
+    if (this.dead) return;
+    if (this.rxQueue.length >= RX_QUEUE_MAX || (!this.o.sg && frame.length > PAGE_SIZE)) {
+      this.counters.rxDropped++;
+      return;
+    }
+    this.rxQueue.push({ frame, csumBlank });
+    this.o.kick();
+  }
+
+  /** One pass: up to {@link TX_BATCH} packets from the guest, then queued frames to it. @returns true when work is left. */
+  serve(): boolean {
+    if (this.dead) return false;
+    this.counters.passes++;
+    try {
+      const moreTx = this.serveTx();
+      const moreRx = this.serveRx();
+      return moreTx || moreRx;
+    } catch (e) {
+      this.disable(e instanceof Error ? e : new Error(String(e)));
+      return false;
+    }
+  }
+
+  /** Disables the queue (it is never served again); reported once. */
+  disable(e: Error): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.rxQueue.length = 0;
+    if (this.creditTimer) clearTimeout(this.creditTimer);
+    this.o.onError(e);
+  }
+
+  // ---- TX ----------------------------------------------------------------------
+
+  private serveTx(): boolean {
+    const ring = this.tx;
+    let done = 0;
+    while (done < TX_BATCH) {
+      const avail = ring.unconsumedRequests();
+      if (avail === 0) break;
+      const n = this.gather(avail);
+      if (n === 0) break; // the packet's slots are not all published yet
+      if (this.slotDv[0].getUint16(TX.size.offset, true) > this.credit) {
+        this.stallOnCredit();
+        return false;
+      }
+      ring.reqCons = (ring.reqCons + n) >>> 0; // consumed: the slots were copied by gather()
+      this.txPacket(n);
+      done++;
+    }
+    if (this.tx.pushResponsesAndCheckNotify()) {
+      this.counters.notificationsTx++;
+      this.evtchn.notify(this.o.txPort);
+    }
+    return done === TX_BATCH ? true : ring.finalCheckForRequests();
+  }
+
+  /**
+   * Copies the slots of the packet at `reqCons` (first, extras, follow-ons) once each
+   * into private buffers, following the flags of those copies.
+   * @returns how many slots it spans, or 0 when not all are published yet.
+   * @throws ProtocolError for more than {@link FATAL_SKB_SLOTS} follow-on slots or an
+   *   extra-info chain longer than there are extra types.
+   */
+  private gather(avail: number): number {
+    const ring = this.tx;
+    const cons = ring.reqCons;
+    ring.copyRequest(cons, this.slotBuf[0]);
+    let flags = this.slotDv[0].getUint16(TX.flags.offset, true);
+    let i = 1;
+    if (flags & NETTXF_extra_info) {
+      for (let extras = 1; ; extras++) {
+        if (extras >= XEN_NETIF_EXTRA_TYPE_MAX) throw new ProtocolError(`${this.o.name}: an extra-info chain longer than the ${XEN_NETIF_EXTRA_TYPE_MAX - 1} extra types`);
+        if (i >= avail) return 0;
+        ring.copyRequest(cons + i, this.slotBuf[i]);
+        i++;
+        if (!(this.slotDv[i - 1].getUint8(EXTRA.flags.offset) & XEN_NETIF_EXTRA_FLAG_MORE)) break;
+      }
+    }
+    let follow = 0;
+    while (flags & NETTXF_more_data) {
+      if (i >= avail) return 0;
+      if (++follow > FATAL_SKB_SLOTS) throw new ProtocolError(`${this.o.name}: packet of more than ${FATAL_SKB_SLOTS + 1} slots`);
+      ring.copyRequest(cons + i, this.slotBuf[i]);
+      flags = this.slotDv[i].getUint16(TX.flags.offset, true);
+      i++;
+    }
+    return i;
+  }
+
+  /** Decodes the `n` gathered slots of one packet, copies its data, answers each slot, hands it on. */
+  private txPacket(n: number): void {
+    const read = (s: TxSlot, j: number) => {
+      const d = this.slotDv[j];
+      s.gref = d.getUint32(TX.gref.offset, true);
+      s.offset = d.getUint16(TX.offset.offset, true);
+      s.flags = d.getUint16(TX.flags.offset, true);
+      s.id = d.getUint16(TX.id.offset, true);
+      s.size = d.getUint16(TX.size.offset, true);
+    };
+    const first = this.slots[0];
+    read(first, 0);
+    let j = 1;
+    let bad = false;
+    if (first.flags & NETTXF_extra_info) {
+      for (;;) {
+        const d = this.slotDv[j++];
+        const type = d.getUint8(EXTRA.type.offset);
+        if (type === XEN_NETIF_EXTRA_TYPE_GSO) {
+          const gsoType = d.getUint8(GSO.gso_type.offset);
+          const mss = d.getUint16(GSO.gso_size.offset, true);
+          if (mss === 0 || (gsoType !== XEN_NETIF_GSO_TYPE_TCPV4 && gsoType !== XEN_NETIF_GSO_TYPE_TCPV6)) bad = true;
+        } else if (type === 0 || type >= XEN_NETIF_EXTRA_TYPE_MAX) {
+          bad = true; // XEN_NETIF_EXTRA_TYPE_NONE or unknown
+        }
+        if (!(d.getUint8(EXTRA.flags.offset) & XEN_NETIF_EXTRA_FLAG_MORE)) break;
+      }
+    }
+    const extras = j - 1;
+    const follow = n - 1 - extras;
+    let rest = 0;
+    for (let i = 1; i <= follow; i++) {
+      read(this.slots[i], j++);
+      rest += this.slots[i].size;
+    }
+    this.counters.txSlots += 1 + follow;
+    const total = first.size;
+    const firstLen = total - rest;
+    if (follow > XEN_NETIF_NR_SLOTS_MIN || total < ETH_HLEN || total > XEN_NETIF_MAX_TX_SIZE || firstLen <= 0) bad = true;
+    for (let i = 0; i <= follow && !bad; i++) {
+      const s = this.slots[i];
+      const len = i === 0 ? firstLen : s.size;
+      if (s.offset + len > PAGE_SIZE) bad = true;
+    }
+    let frame: Uint8Array | null = null;
+    if (!bad) frame = this.copyTx(follow, firstLen, total);
+    const status = frame ? NETIF_RSP_OKAY : NETIF_RSP_ERROR;
+    this.respondTx(first.id, status);
+    for (let e = 0; e < extras; e++) this.respondTx(0, NETIF_RSP_NULL);
+    for (let i = 1; i <= follow; i++) this.respondTx(this.slots[i].id, status);
+    if (!frame) {
+      this.counters.txErrors++;
+      return;
+    }
+    if (this.credit !== Infinity) this.credit -= total;
+    this.counters.txPackets++;
+    this.counters.txBytes += total;
+    this.o.deliver(frame, (first.flags & NETTXF_csum_blank) !== 0);
+  }
+
+  /** Copies a validated packet's slots into a new frame. @returns null when a grant does not copy or map. */
+  private copyTx(follow: number, firstLen: number, total: number): Uint8Array | null {
+    const dom = this.o.frontDomid;
+    if (this.o.persistent) {
+      const frame = new Uint8Array(total);
+      let at = 0;
+      for (let i = 0; i <= follow; i++) {
+        const s = this.slots[i];
+        const len = i === 0 ? firstLen : s.size;
+        const page = this.persistentPage(this.mappedTx, s.gref, true);
+        if (!page) return null;
+        frame.set(page.subarray(s.offset, s.offset + len), at);
+        at += len;
+      }
+      return frame;
+    }
+    const bounce = this.txBounce!;
+    const reqs: CopyRequest[] = [];
+    let at = 0;
+    for (let i = 0; i <= follow; i++) {
+      const s = this.slots[i];
+      let len = i === 0 ? firstLen : s.size;
+      let src = s.offset;
+      while (len > 0) {
+        // A copy may not cross a page on either side: split at the bounce page's end.
+        const room = PAGE_SIZE - (at % PAGE_SIZE);
+        const n = Math.min(len, room);
+        reqs.push({ source: { ref: s.gref as GrantRef, domid: dom, offset: src }, dest: { mfn: bounce.mfn + Math.floor(at / PAGE_SIZE), offset: at % PAGE_SIZE }, len: n });
+        at += n;
+        src += n;
+        len -= n;
+      }
+    }
+    const st = this.gnttab.copy(reqs);
+    this.counters.copyHypercalls++;
+    this.counters.grantCopies += reqs.length;
+    if (st.some((x) => x !== GNTST.okay)) return null;
+    return bounce.bytes.slice(0, total);
+  }
+
+  private respondTx(id: number, status: number): void {
+    const off = this.tx.produceResponse();
+    this.tx.view.setUint16(off + NETIF_TX_RESPONSE.fields.id.offset, id, true);
+    this.tx.view.setInt16(off + NETIF_TX_RESPONSE.fields.status.offset, status, true);
+  }
+
+  /** Waits for the next rate window. */
+  private stallOnCredit(): void {
+    this.counters.txCreditStalls++;
+    if (this.creditTimer || !this.o.rate) return;
+    this.creditTimer = setTimeout(() => {
+      this.creditTimer = null;
+      this.credit = Math.max(this.o.rate!.bytesPerInterval, 128 * 1024);
+      this.o.kick();
+    }, Math.max(1, this.o.rate.intervalUs / 1000));
+  }
+
+  // ---- RX ----------------------------------------------------------------------
+
+  private serveRx(): boolean {
+    const ring = this.rx;
+    let sent = 0;
+    while (this.rxQueue.length > 0) {
+      const { frame, csumBlank } = this.rxQueue[0];
+      const need = Math.max(1, Math.ceil(frame.length / PAGE_SIZE));
+      if (ring.unconsumedRequests() < need) break; // wait for the frontend's buffers
+      this.rxQueue.shift();
+      this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
+      sent++;
+    }
+    if (sent > 0 && ring.pushResponsesAndCheckNotify()) {
+      this.counters.notificationsRx++;
+      this.evtchn.notify(this.o.rxPort);
+    }
+    // Frames still queued wait for the frontend's refill notification.
+    if (this.rxQueue.length > 0) ring.finalCheckForRequests();
+    return this.rxQueue.length > 0 && ring.unconsumedRequests() > 0;
+  }
+
+  /** Copies one frame into the next `need` rx buffers and answers each in its own slot. */
+  private rxFrame(frame: Uint8Array, csumBlank: boolean, need: number): void {
+    const ids: number[] = [];
+    const grefs: number[] = [];
+    for (let i = 0; i < need; i++) {
+      this.rx.consumeRequest(this.rxReqBuf);
+      ids.push(this.rxReqDv.getUint16(RXQ.id.offset, true));
+      grefs.push(this.rxReqDv.getUint32(RXQ.gref.offset, true));
+    }
+    this.counters.rxSlots += need;
+    const ok = this.copyRx(frame, grefs);
+    for (let i = 0; i < need; i++) {
+      const len = Math.min(PAGE_SIZE, frame.length - i * PAGE_SIZE);
+      let flags = 0;
+      if (i < need - 1) flags |= NETRXF_more_data;
+      if (i === 0 && csumBlank) flags |= NETRXF_csum_blank | NETRXF_data_validated;
+      const off = this.rx.produceResponse();
+      const v = this.rx.view;
+      v.setUint16(off + NETIF_RX_RESPONSE.fields.id.offset, ids[i], true);
+      v.setUint16(off + NETIF_RX_RESPONSE.fields.offset.offset, 0, true);
+      v.setUint16(off + NETIF_RX_RESPONSE.fields.flags.offset, flags, true);
+      v.setInt16(off + NETIF_RX_RESPONSE.fields.status.offset, ok ? len : NETIF_RSP_ERROR, true);
+    }
+    if (!ok) {
+      this.counters.rxDropped++;
+      return;
+    }
+    this.counters.rxPackets++;
+    this.counters.rxBytes += frame.length;
+  }
+
+  /** Copies `frame` into the frontend's buffers `grefs`, a page each. @returns false when one does not copy. */
+  private copyRx(frame: Uint8Array, grefs: number[]): boolean {
+    if (this.o.persistent) {
+      for (let i = 0; i < grefs.length; i++) {
+        const page = this.persistentPage(this.mappedRx, grefs[i], false);
+        if (!page) return false;
+        page.set(frame.subarray(i * PAGE_SIZE, Math.min(frame.length, (i + 1) * PAGE_SIZE)));
+      }
+      return true;
+    }
+    const bounce = this.rxBounce!;
+    bounce.bytes.set(frame);
+    const reqs: CopyRequest[] = grefs.map((gref, i) => ({
+      source: { mfn: bounce.mfn + i, offset: 0 },
+      dest: { ref: gref as GrantRef, domid: this.o.frontDomid, offset: 0 },
+      len: Math.min(PAGE_SIZE, frame.length - i * PAGE_SIZE),
+    }));
+    const st = this.gnttab.copy(reqs);
+    this.counters.copyHypercalls++;
+    this.counters.grantCopies += reqs.length;
+    return st.every((x) => x === GNTST.okay);
+  }
+
+  /** A persistent mapping of the frontend's `gref` (made on first use, kept until close). */
+  private persistentPage(cache: Map<number, { handle: GrantHandle; page: Uint8Array }>, gref: number, readonly: boolean): Uint8Array | null {
+    const hit = cache.get(gref);
+    if (hit) {
+      this.counters.persistentHits++;
+      return hit.page;
+    }
+    const [m] = this.gnttab.map([{ domid: this.o.frontDomid, ref: gref as GrantRef, readonly }]);
+    this.counters.grantMaps++;
+    if (m.status !== GNTST.okay || !m.page) return null;
+    cache.set(gref, { handle: m.handle, page: m.page });
+    return m.page;
+  }
+
+  /** Stops serving and unmaps every persistent mapping. */
+  close(): void {
+    this.dead = true;
+    if (this.creditTimer) clearTimeout(this.creditTimer);
+    this.rxQueue.length = 0;
+    const handles = [...this.mappedTx.values(), ...this.mappedRx.values()].map((m) => m.handle);
+    this.mappedTx.clear();
+    this.mappedRx.clear();
+    if (handles.length > 0) this.gnttab.unmap(handles);
+  }
+}
