@@ -3,7 +3,7 @@
 // an independent check by tshark: it must decode every frame netfront/frame.ts
 // builds with the expected protocol and agree on which checksums are good.
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { tshark, GOOD, BAD } from './fixtures/tshark.ts';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -120,34 +120,6 @@ describe('PcapWriter / readPcap', () => {
 
 // ---------------------------------------------------------------------------
 // tshark, an independent decoder
-
-const SETUP = 'bash scripts/setup-debian.sh tshark';
-/**
- * Checksum status fields, as `tshark -G fields` names them in Wireshark 4.0 (ICMP's
- * is `icmp.checksum.status`; ICMP checksums are always checked, there is no
- * `icmp.check_checksum` preference). Values: 0 bad, 1 good, 2 unverified, 3 not present.
- */
-const FIELDS = ['frame.number', '_ws.col.Protocol', 'ip.checksum.status', 'udp.checksum.status', 'icmp.checksum.status', 'tcp.checksum.status'];
-const PREFS = ['ip.check_checksum:TRUE', 'udp.check_checksum:TRUE', 'tcp.check_checksum:TRUE'];
-const GOOD = '1';
-const BAD = '0';
-
-interface Row { protocol: string; ip: string; udp: string; icmp: string; tcp: string }
-
-/** Runs tshark on `path`; fails (never skips) when tshark is missing. */
-function tshark(path: string): Row[] {
-  const r = spawnSync('tshark', ['-r', path, ...PREFS.flatMap((p) => ['-o', p]), '-T', 'fields', ...FIELDS.flatMap((f) => ['-e', f]), '-E', 'separator=\t'],
-    { encoding: 'utf8', timeout: 60_000 });
-  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') {
-    throw new Error(`tshark is not installed: run \`${SETUP}\` (as root) and try again`);
-  }
-  if (r.status !== 0) throw new Error(`tshark exited with ${r.status ?? r.signal}: ${r.stderr}`);
-  return r.stdout.trimEnd().split('\n').map((line, i) => {
-    const [n, protocol, ip, udp, icmp, tcp] = line.split('\t');
-    expect(Number(n)).toBe(i + 1);
-    return { protocol, ip, udp, icmp, tcp };
-  });
-}
 
 describe('tshark reads what PcapWriter and frame.ts produce', () => {
   it('decodes ARP, ICMP echo, UDP and TCP frames, and agrees on every checksum (the broken one bad)', () => {
