@@ -10,10 +10,11 @@ import { dirname, join } from 'node:path';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // The conformance test compiles Xen's public headers with gcc; the NBD export tests
 // drive pvio with qemu-img/qemu-io (qemu-utils), nbdinfo (libnbd-bin) and fio; the pcap
-// test has tshark decode a capture: install them first (quiet and quick when present).
+// tests have tshark decode captures; the TAP tests need socat, ip (iproute2), ping and
+// nc (netcat-openbsd): install them first (quiet and quick when present).
 // If that fails, vitest still runs, and the tests that need them fail saying what is
 // missing.
-const packages = ['libxen-dev', 'gcc', 'qemu-utils', 'libnbd-bin', 'fio', 'tshark'];
+const packages = ['libxen-dev', 'gcc', 'qemu-utils', 'libnbd-bin', 'fio', 'tshark', 'socat', 'iproute2', 'iputils-ping', 'netcat-openbsd'];
 const setup = spawnSync('bash', [join(root, 'scripts', 'setup-debian.sh'), ...packages], { cwd: root, stdio: 'inherit' });
 if (setup.status !== 0) {
   console.error(`test/run.mjs: scripts/setup-debian.sh ${packages.join(' ')} failed (${setup.error?.message ?? `exit ${setup.status}`}); running the tests anyway`);
