@@ -81,6 +81,16 @@ describe.each([
     expect(await b.call('nicReceive', { name: 'eth0', max: 2 })).toEqual(big);
   });
 
+  it(persistent ? 'netfront keeps its pool granted: no grant made or ended per frame' : 'netfront ends each grant after its response: only the posted rx buffers and the rings stay granted', async () => {
+    type G = NicInfo & { gnttab: { granted: number; ended: number } };
+    const ga = (await a.call('nicInfo', { name: 'eth0' })) as G;
+    const outstanding = ga.gnttab.granted - ga.gnttab.ended;
+    // 256 rx buffers posted + the tx and rx ring pages (+ 256 tx pool pages when persistent).
+    expect(outstanding).toBe(persistent ? 256 + 256 + 2 : 256 + 2);
+    if (!persistent) expect(ga.gnttab.granted).toBeGreaterThan(256 + 2 + 100); // a grant per frame sent and per buffer refilled
+    else expect(ga.gnttab.granted).toBe(256 + 256 + 2);
+  });
+
   it('netback counted what crossed, through the mode negotiated', async () => {
     const va = await vif(`net-a${tag}/vif${a.domid}.0`);
     expect(va.negotiated).toMatchObject({ persistent, split: true, sg: true });

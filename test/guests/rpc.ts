@@ -257,7 +257,7 @@ export default function main(k: Kernel): Promise<unknown> {
     inFlight: (a) => disk(a.name).inFlight,
     nicInfo: (a) => {
       const n = nic(a.name);
-      return { name: n.name, mac: n.mac, mtu: n.mtu, features: n.features, counters: n.counters, broken: n.isBroken };
+      return { name: n.name, mac: n.mac, mtu: n.mtu, features: n.features, counters: n.counters, broken: n.isBroken, gnttab: { ...k.gnttab.counters } };
     },
     /** Sends each frame of `frames` (byte arrays) in order; `csumBlank` marks them partial. */
     nicSend: async (a) => {
