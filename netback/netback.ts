@@ -49,8 +49,13 @@ export const FATAL_SKB_SLOTS = 20;
 const TX_BATCH = 64;
 /** Frames waiting for rx buffers, at most; more are dropped (counted). */
 const RX_QUEUE_MAX = 512;
-/** Bounce extent order: 16 pages hold the largest packet (65535 bytes). */
+/**
+ * Bounce extent order (copy mode): 16 pages (the largest extent, and the largest
+ * packet: 65535 bytes). A pass batches the grant copies of several packets into one
+ * `GNTTABOP_copy` until the bounce is full (Linux batches its copy ops per pass too).
+ */
 const BOUNCE_ORDER = 4;
+const BOUNCE_BYTES = PAGE_SIZE << BOUNCE_ORDER;
 
 /** The credit scheduler's parameters (xl's `rate`): `bytesPerInterval` per `intervalUs`. */
 export interface NetbackRate {
@@ -116,6 +121,34 @@ interface TxSlot {
   size: number;
 }
 
+/** A tx packet of the current pass, answered (and handed on) when the batch is flushed. */
+interface TxPending {
+  /** Request ids of its data slots, first slot first. */
+  ids: number[];
+  /** Extra-info slots after the first (answered NETIF_RSP_NULL). */
+  extras: number;
+  total: number;
+  csumBlank: boolean;
+  /** Copy mode: where in the bounce its bytes land, and how many copy ops it has. */
+  at: number;
+  copies: number;
+  /** Persistent mode: the frame, already copied. */
+  frame: Uint8Array | null;
+  bad: boolean;
+}
+
+/** An rx frame of the current pass, answered when the batch is flushed. */
+interface RxPending {
+  /** Ids of the rx requests whose buffers it fills, and the bytes in each. */
+  ids: number[];
+  lens: number[];
+  csumBlank: boolean;
+  bad: boolean;
+  /** Copy ops it queued (copy mode). */
+  copies: number;
+  bytes: number;
+}
+
 /** One netback queue. */
 export class NetbackQueue {
   readonly counters: NetbackCounters = {
@@ -137,6 +170,15 @@ export class NetbackQueue {
   private readonly mappedRx = new Map<number, { handle: GrantHandle; page: Uint8Array }>();
   private readonly txBounce: GuestExtent | null;
   private readonly rxBounce: GuestExtent | null;
+  /** Copy mode: the pass's packets waiting for their batched grant copies, in ring order. */
+  private readonly txPending: TxPending[] = [];
+  private readonly txCopies: CopyRequest[] = [];
+  /** Bytes of the tx bounce used by the batch. */
+  private txAt = 0;
+  private readonly rxPending: RxPending[] = [];
+  private readonly rxCopies: CopyRequest[] = [];
+  /** Pages of the rx bounce used by the batch. */
+  private rxPages = 0;
   private credit: number;
   private creditTimer: NodeJS.Timeout | null = null;
   private dead = false;
@@ -220,6 +262,7 @@ export class NetbackQueue {
       this.txPacket(n);
       done++;
     }
+    this.flushTx();
     if (this.tx.pushResponsesAndCheckNotify()) {
       this.counters.notificationsTx++;
       this.evtchn.notify(this.o.txPort);
@@ -304,60 +347,99 @@ export class NetbackQueue {
       const len = i === 0 ? firstLen : s.size;
       if (s.offset + len > PAGE_SIZE) bad = true;
     }
-    let frame: Uint8Array | null = null;
-    if (!bad) frame = this.copyTx(follow, firstLen, total);
-    const status = frame ? NETIF_RSP_OKAY : NETIF_RSP_ERROR;
-    this.respondTx(first.id, status);
-    for (let e = 0; e < extras; e++) this.respondTx(0, NETIF_RSP_NULL);
-    for (let i = 1; i <= follow; i++) this.respondTx(this.slots[i].id, status);
-    if (!frame) {
-      this.counters.txErrors++;
-      return;
+    const ids = [first.id];
+    for (let i = 1; i <= follow; i++) ids.push(this.slots[i].id);
+    const p: TxPending = { ids, extras, total, csumBlank: (first.flags & NETTXF_csum_blank) !== 0, at: 0, copies: 0, frame: null, bad };
+    if (!bad) {
+      if (this.o.persistent) {
+        p.frame = this.copyTxPersistent(follow, firstLen, total);
+        p.bad = p.frame === null;
+      } else {
+        if (this.txAt + total > BOUNCE_BYTES) this.flushTx();
+        this.queueTxCopies(p, follow, firstLen);
+      }
     }
+    // The credit is spent when the packet is taken (its copy may still be pending).
     if (this.credit !== Infinity) this.credit -= total;
-    this.counters.txPackets++;
-    this.counters.txBytes += total;
-    this.o.deliver(frame, (first.flags & NETTXF_csum_blank) !== 0);
+    this.txPending.push(p);
+    if (this.o.persistent) this.flushTx();
   }
 
-  /** Copies a validated packet's slots into a new frame. @returns null when a grant does not copy or map. */
-  private copyTx(follow: number, firstLen: number, total: number): Uint8Array | null {
+  /** Adds the grant copies of a validated packet into the bounce at `txAt` to the batch. */
+  private queueTxCopies(p: TxPending, follow: number, firstLen: number): void {
     const dom = this.o.frontDomid;
-    if (this.o.persistent) {
-      const frame = new Uint8Array(total);
-      let at = 0;
-      for (let i = 0; i <= follow; i++) {
-        const s = this.slots[i];
-        const len = i === 0 ? firstLen : s.size;
-        const page = this.persistentPage(this.mappedTx, s.gref, true);
-        if (!page) return null;
-        frame.set(page.subarray(s.offset, s.offset + len), at);
-        at += len;
-      }
-      return frame;
-    }
     const bounce = this.txBounce!;
-    const reqs: CopyRequest[] = [];
-    let at = 0;
+    p.at = this.txAt;
+    let at = this.txAt;
+    const start = this.txCopies.length;
     for (let i = 0; i <= follow; i++) {
       const s = this.slots[i];
       let len = i === 0 ? firstLen : s.size;
       let src = s.offset;
       while (len > 0) {
         // A copy may not cross a page on either side: split at the bounce page's end.
-        const room = PAGE_SIZE - (at % PAGE_SIZE);
-        const n = Math.min(len, room);
-        reqs.push({ source: { ref: s.gref as GrantRef, domid: dom, offset: src }, dest: { mfn: bounce.mfn + Math.floor(at / PAGE_SIZE), offset: at % PAGE_SIZE }, len: n });
+        const n = Math.min(len, PAGE_SIZE - (at % PAGE_SIZE));
+        this.txCopies.push({ source: { ref: s.gref as GrantRef, domid: dom, offset: src }, dest: { mfn: bounce.mfn + Math.floor(at / PAGE_SIZE), offset: at % PAGE_SIZE }, len: n });
         at += n;
         src += n;
         len -= n;
       }
     }
-    const st = this.gnttab.copy(reqs);
-    this.counters.copyHypercalls++;
-    this.counters.grantCopies += reqs.length;
-    if (st.some((x) => x !== GNTST.okay)) return null;
-    return bounce.bytes.slice(0, total);
+    p.copies = this.txCopies.length - start;
+    this.txAt = at;
+  }
+
+  /**
+   * Runs the batch's grant copies in one hypercall, then answers every pending
+   * packet's slots in ring order (OKAY, NULL for extras, or ERROR) and hands the good
+   * ones to the bridge.
+   */
+  private flushTx(): void {
+    if (this.txPending.length === 0) return;
+    let st: number[] = [];
+    if (this.txCopies.length > 0) {
+      st = this.gnttab.copy(this.txCopies);
+      this.counters.copyHypercalls++;
+      this.counters.grantCopies += this.txCopies.length;
+    }
+    let k = 0;
+    const deliver: TxPending[] = [];
+    for (const p of this.txPending) {
+      if (!p.bad && !this.o.persistent) {
+        for (let j = 0; j < p.copies; j++) if (st[k + j] !== GNTST.okay) p.bad = true;
+        k += p.copies;
+        if (!p.bad) p.frame = this.txBounce!.bytes.slice(p.at, p.at + p.total);
+      }
+      const status = p.bad ? NETIF_RSP_ERROR : NETIF_RSP_OKAY;
+      this.respondTx(p.ids[0], status);
+      for (let e = 0; e < p.extras; e++) this.respondTx(0, NETIF_RSP_NULL);
+      for (let i = 1; i < p.ids.length; i++) this.respondTx(p.ids[i], status);
+      if (p.bad) this.counters.txErrors++;
+      else deliver.push(p);
+    }
+    this.txPending.length = 0;
+    this.txCopies.length = 0;
+    this.txAt = 0;
+    for (const p of deliver) {
+      this.counters.txPackets++;
+      this.counters.txBytes += p.total;
+      this.o.deliver(p.frame!, p.csumBlank);
+    }
+  }
+
+  /** Persistent mode: copies a validated packet's slots out of the kept mappings. @returns null when a grant does not map. */
+  private copyTxPersistent(follow: number, firstLen: number, total: number): Uint8Array | null {
+    const frame = new Uint8Array(total);
+    let at = 0;
+    for (let i = 0; i <= follow; i++) {
+      const s = this.slots[i];
+      const len = i === 0 ? firstLen : s.size;
+      const page = this.persistentPage(this.mappedTx, s.gref, true);
+      if (!page) return null;
+      frame.set(page.subarray(s.offset, s.offset + len), at);
+      at += len;
+    }
+    return frame;
   }
 
   private respondTx(id: number, status: number): void {
@@ -387,9 +469,11 @@ export class NetbackQueue {
       const need = Math.max(1, Math.ceil(frame.length / PAGE_SIZE));
       if (ring.unconsumedRequests() < need) break; // wait for the frontend's buffers
       this.rxQueue.shift();
+      if (!this.o.persistent && this.rxPages + need > 1 << BOUNCE_ORDER) this.flushRx();
       this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
       sent++;
     }
+    this.flushRx();
     if (sent > 0 && ring.pushResponsesAndCheckNotify()) {
       this.counters.notificationsRx++;
       this.evtchn.notify(this.o.rxPort);
@@ -399,58 +483,69 @@ export class NetbackQueue {
     return this.rxQueue.length > 0 && ring.unconsumedRequests() > 0;
   }
 
-  /** Copies one frame into the next `need` rx buffers and answers each in its own slot. */
+  /**
+   * Takes the next `need` rx buffers for one frame: persistent mode copies into the
+   * kept mappings at once; copy mode stages the frame in the bounce (a page per slot)
+   * and queues the grant copies for {@link flushRx}.
+   */
   private rxFrame(frame: Uint8Array, csumBlank: boolean, need: number): void {
-    const ids: number[] = [];
-    const grefs: number[] = [];
+    const p: RxPending = { ids: [], lens: [], csumBlank, bad: false, copies: 0, bytes: frame.length };
+    const bounce = this.rxBounce;
     for (let i = 0; i < need; i++) {
       this.rx.consumeRequest(this.rxReqBuf);
-      ids.push(this.rxReqDv.getUint16(RXQ.id.offset, true));
-      grefs.push(this.rxReqDv.getUint32(RXQ.gref.offset, true));
+      const gref = this.rxReqDv.getUint32(RXQ.gref.offset, true);
+      const part = frame.subarray(i * PAGE_SIZE, Math.min(frame.length, (i + 1) * PAGE_SIZE));
+      p.ids.push(this.rxReqDv.getUint16(RXQ.id.offset, true));
+      p.lens.push(part.length);
+      if (this.o.persistent) {
+        const page = this.persistentPage(this.mappedRx, gref, false);
+        if (page) page.set(part);
+        else p.bad = true;
+      } else {
+        const pg = this.rxPages++;
+        bounce!.bytes.set(part, pg * PAGE_SIZE);
+        this.rxCopies.push({ source: { mfn: bounce!.mfn + pg, offset: 0 }, dest: { ref: gref as GrantRef, domid: this.o.frontDomid, offset: 0 }, len: part.length });
+        p.copies++;
+      }
     }
     this.counters.rxSlots += need;
-    const ok = this.copyRx(frame, grefs);
-    for (let i = 0; i < need; i++) {
-      const len = Math.min(PAGE_SIZE, frame.length - i * PAGE_SIZE);
-      let flags = 0;
-      if (i < need - 1) flags |= NETRXF_more_data;
-      if (i === 0 && csumBlank) flags |= NETRXF_csum_blank | NETRXF_data_validated;
-      const off = this.rx.produceResponse();
-      const v = this.rx.view;
-      v.setUint16(off + NETIF_RX_RESPONSE.fields.id.offset, ids[i], true);
-      v.setUint16(off + NETIF_RX_RESPONSE.fields.offset.offset, 0, true);
-      v.setUint16(off + NETIF_RX_RESPONSE.fields.flags.offset, flags, true);
-      v.setInt16(off + NETIF_RX_RESPONSE.fields.status.offset, ok ? len : NETIF_RSP_ERROR, true);
-    }
-    if (!ok) {
-      this.counters.rxDropped++;
-      return;
-    }
-    this.counters.rxPackets++;
-    this.counters.rxBytes += frame.length;
+    this.rxPending.push(p);
   }
 
-  /** Copies `frame` into the frontend's buffers `grefs`, a page each. @returns false when one does not copy. */
-  private copyRx(frame: Uint8Array, grefs: number[]): boolean {
-    if (this.o.persistent) {
-      for (let i = 0; i < grefs.length; i++) {
-        const page = this.persistentPage(this.mappedRx, grefs[i], false);
-        if (!page) return false;
-        page.set(frame.subarray(i * PAGE_SIZE, Math.min(frame.length, (i + 1) * PAGE_SIZE)));
-      }
-      return true;
+  /** Runs the batch's grant copies in one hypercall, then answers each slot in its own ring slot, in order. */
+  private flushRx(): void {
+    if (this.rxPending.length === 0) return;
+    let st: number[] = [];
+    if (this.rxCopies.length > 0) {
+      st = this.gnttab.copy(this.rxCopies);
+      this.counters.copyHypercalls++;
+      this.counters.grantCopies += this.rxCopies.length;
     }
-    const bounce = this.rxBounce!;
-    bounce.bytes.set(frame);
-    const reqs: CopyRequest[] = grefs.map((gref, i) => ({
-      source: { mfn: bounce.mfn + i, offset: 0 },
-      dest: { ref: gref as GrantRef, domid: this.o.frontDomid, offset: 0 },
-      len: Math.min(PAGE_SIZE, frame.length - i * PAGE_SIZE),
-    }));
-    const st = this.gnttab.copy(reqs);
-    this.counters.copyHypercalls++;
-    this.counters.grantCopies += reqs.length;
-    return st.every((x) => x === GNTST.okay);
+    let k = 0;
+    const v = this.rx.view;
+    const F = NETIF_RX_RESPONSE.fields;
+    for (const p of this.rxPending) {
+      for (let j = 0; j < p.copies; j++) if (st[k + j] !== GNTST.okay) p.bad = true;
+      k += p.copies;
+      for (let i = 0; i < p.ids.length; i++) {
+        let flags = 0;
+        if (i < p.ids.length - 1) flags |= NETRXF_more_data;
+        if (i === 0 && p.csumBlank) flags |= NETRXF_csum_blank | NETRXF_data_validated;
+        const off = this.rx.produceResponse();
+        v.setUint16(off + F.id.offset, p.ids[i], true);
+        v.setUint16(off + F.offset.offset, 0, true);
+        v.setUint16(off + F.flags.offset, flags, true);
+        v.setInt16(off + F.status.offset, p.bad ? NETIF_RSP_ERROR : p.lens[i], true);
+      }
+      if (p.bad) this.counters.rxDropped++;
+      else {
+        this.counters.rxPackets++;
+        this.counters.rxBytes += p.bytes;
+      }
+    }
+    this.rxPending.length = 0;
+    this.rxCopies.length = 0;
+    this.rxPages = 0;
   }
 
   /** A persistent mapping of the frontend's `gref` (made on first use, kept until close). */

@@ -56,9 +56,13 @@ async function freePort(): Promise<number> {
 const procs: ChildProcess[] = [];
 const namespaces: string[] = [];
 
-/** socat's TAP `dev` in a new namespace `ns` with `addr`/24, relaying to `guestPort` from `socatPort`. */
+/**
+ * socat's TAP `dev` in a new namespace `ns` with `addr`/24, relaying to `guestPort`
+ * from `socatPort`. socat only creates the device (no `iff-up`: its ioctl would race
+ * the move to the namespace); the test brings it up there.
+ */
 async function tapInNamespace(dev: string, ns: string, addr: string, guestPort: number, socatPort: number): Promise<void> {
-  const p = spawn('socat', ['-d', `TUN,tun-type=tap,tun-name=${dev},iff-no-pi,iff-up`, `UDP-DATAGRAM:127.0.0.1:${guestPort},bind=127.0.0.1:${socatPort}`],
+  const p = spawn('socat', ['-d', `TUN,tun-type=tap,tun-name=${dev},iff-no-pi`, `UDP-DATAGRAM:127.0.0.1:${guestPort},bind=127.0.0.1:${socatPort}`],
     { stdio: ['ignore', 'ignore', 'pipe'] });
   procs.push(p);
   const spawnError = new Promise<never>((_, rej) => p.once('error', (e: NodeJS.ErrnoException) =>
