@@ -26,7 +26,9 @@ export interface BridgePort {
   readonly csumOffload: boolean;
   /**
    * Takes a frame out of the bridge. The frame is shared with other ports and must
-   * not be written. `csumBlank` only when {@link csumOffload}.
+   * not be written; it is only valid during the call (it may be a view of the
+   * sending guest's page or of a bounce reused afterwards): a port that keeps it
+   * copies it. `csumBlank` only when {@link csumOffload}.
    */
   output(frame: Uint8Array, csumBlank: boolean): void;
 }
@@ -85,43 +87,49 @@ export class Bridge {
   }
 
   /**
-   * A frame enters the bridge through `from`. The frame becomes the bridge's: the
-   * caller must not write it afterwards.
+   * A frame enters the bridge through `from`. The frame need only stay valid and
+   * unchanged during the call: ports copy what they keep (see {@link BridgePort.output}).
    * @param csumBlank its L4 checksum is partial.
    */
   input(from: BridgePort, frame: Uint8Array, csumBlank: boolean): void {
     if (frame.length < 14) return;
-    this.counters.frames++;
-    this.counters.bytes += frame.length;
-    if ((frame[6] & 1) === 0) this.fdb.set(macKey(frame, 6), from);
-    let complete: Uint8Array | null = csumBlank ? null : frame;
-    const completed = (): Uint8Array => {
-      if (!complete) {
-        complete = frame.slice();
-        if (completeChecksum(complete)) this.counters.checksumsCompleted++;
-      }
-      return complete;
-    };
-    if (this.capture) {
-      this.capture.write(completed());
-      this.counters.captured++;
+    const c = this.counters;
+    c.frames++;
+    c.bytes += frame.length;
+    if ((frame[6] & 1) === 0) {
+      const src = macKey(frame, 6);
+      if (this.fdb.get(src) !== from) this.fdb.set(src, from);
     }
-    const send = (p: BridgePort) => {
-      if (csumBlank && p.csumOffload) p.output(frame, true);
-      else p.output(completed(), false);
-    };
-    const group = (frame[0] & 1) !== 0;
-    const to = group ? undefined : this.fdb.get(macKey(frame, 0));
-    if (to && this.ports.has(to)) {
+    // The complete copy of a partial-checksum frame is made once, when a port (or the capture) needs it.
+    let complete: Uint8Array | null = csumBlank ? null : frame;
+    if (this.capture) {
+      complete ??= this.completed(frame);
+      this.capture.write(complete);
+      c.captured++;
+    }
+    const to = (frame[0] & 1) !== 0 ? undefined : this.fdb.get(macKey(frame, 0));
+    if (to !== undefined && this.ports.has(to)) {
       if (to === from) {
-        this.counters.filtered++;
+        c.filtered++;
         return;
       }
-      this.counters.forwarded++;
-      send(to);
+      c.forwarded++;
+      if (csumBlank && to.csumOffload) to.output(frame, true);
+      else to.output(complete ?? this.completed(frame), false);
       return;
     }
-    this.counters.flooded++;
-    for (const p of this.ports) if (p !== from) send(p);
+    c.flooded++;
+    for (const p of this.ports) {
+      if (p === from) continue;
+      if (csumBlank && p.csumOffload) p.output(frame, true);
+      else p.output(complete ??= this.completed(frame), false);
+    }
+  }
+
+  /** A copy of `frame` with its partial L4 checksum completed. */
+  private completed(frame: Uint8Array): Uint8Array {
+    const f = frame.slice();
+    if (completeChecksum(f)) this.counters.checksumsCompleted++;
+    return f;
   }
 }

@@ -37,6 +37,7 @@ import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } fr
 import type { EventChannels } from '../event-channel/evtchn.ts';
 import type { CopyRequest, GrantTable } from '../grant-table/gnttab.ts';
 import type { GuestExtent, GuestMemory } from '../hypervisor/guest-memory.ts';
+import { FragAllocator } from '../netfront/frag.ts';
 
 const TX = NETIF_TX_REQUEST.fields;
 const RXQ = NETIF_RX_REQUEST.fields;
@@ -47,8 +48,17 @@ const ETH_HLEN = 14;
 export const FATAL_SKB_SLOTS = 20;
 /** Packets taken from the tx ring per pass. */
 const TX_BATCH = 64;
-/** Frames waiting for rx buffers, at most; more are dropped (counted). */
-const RX_QUEUE_MAX = 512;
+/**
+ * The rx queue (frames waiting for rx buffers): a frame is dropped (counted) when
+ * the queue already holds {@link RX_QUEUE_BYTES} bytes and at least
+ * {@link RX_QUEUE_TXQUEUELEN} frames, or {@link RX_QUEUE_FRAMES} frames. Linux bounds
+ * its guest rx queue by bytes (`XENVIF_RX_QUEUE_BYTES`, half an rx ring of pages:
+ * 128 × 4096) and stops the vif, so frames then wait in the device's qdisc
+ * (`txqueuelen` 1000 frames) before they are dropped; this is the two together.
+ */
+const RX_QUEUE_BYTES = 128 * PAGE_SIZE;
+const RX_QUEUE_TXQUEUELEN = 1000;
+const RX_QUEUE_FRAMES = 8192;
 /**
  * Bounce extent order (copy mode): 16 pages (the largest extent, and the largest
  * packet: 65535 bytes). A pass batches the grant copies of several packets into one
@@ -81,7 +91,12 @@ export interface NetbackQueueOptions {
   readonly csumOffload: boolean;
   /** The credit scheduler, or null for no limit. */
   readonly rate: NetbackRate | null;
-  /** Hands a frame from the guest to the bridge; `csumBlank` when its L4 checksum is partial. */
+  /**
+   * Hands a frame from the guest to the bridge; `csumBlank` when its L4 checksum is
+   * partial. The frame is a view valid only during the call (of dom0's bounce, or in
+   * persistent mode of the guest's own granted page, which that guest could rewrite
+   * meanwhile: what the bridge forwards is then still only bytes it granted).
+   */
   readonly deliver: (frame: Uint8Array, csumBlank: boolean) => void;
   /** Called once when the queue is disabled. */
   readonly onError: (e: Error) => void;
@@ -165,6 +180,12 @@ export class NetbackQueue {
   private readonly rxReqDv = new DataView(this.rxReqBuf.buffer);
   private readonly slots: TxSlot[] = Array.from({ length: FATAL_SKB_SLOTS + 2 }, () => ({ gref: 0, offset: 0, flags: 0, id: 0, size: 0 }));
   private readonly rxQueue: Array<{ frame: Uint8Array; csumBlank: boolean }> = [];
+  /** Queued frames are copied into chunks (see netfront/frag.ts). */
+  private readonly frags = new FragAllocator();
+  /** Bytes of the frames in {@link rxQueue}. */
+  private rxQueueBytes = 0;
+  /** Rx responses were produced outside a pass (a frame written at once): the next pass pushes them. */
+  private rxUnpushed = false;
   /** Persistent mode: the frontend's pages mapped once, by gref (tx read-only, rx writable). */
   private readonly mappedTx = new Map<number, { handle: GrantHandle; page: Uint8Array }>();
   private readonly mappedRx = new Map<number, { handle: GrantHandle; page: Uint8Array }>();
@@ -207,17 +228,38 @@ export class NetbackQueue {
   }
 
   /**
-   * Queues a frame for the guest (from the bridge). The frame is not copied: the
-   * caller hands over a frame nobody writes any more.
+   * Takes a frame for the guest (from the bridge). The frame is only valid during
+   * the call (it may be a view of another guest's page or of a bounce reused next
+   * pass): when nothing is queued before it and the frontend has posted enough rx
+   * buffers, it is copied into them at once (responses pushed by the next pass);
+   * else a copy of it waits in the rx queue, which is bounded (drops counted).
    * @param csumBlank its L4 checksum is partial (only passed on to a frontend that accepts offload).
    */
   enqueueRx(frame: Uint8Array, csumBlank: boolean): void {
     if (this.dead) return;
-    if (this.rxQueue.length >= RX_QUEUE_MAX || (!this.o.sg && frame.length > PAGE_SIZE)) {
+    const queued = this.rxQueue.length;
+    if ((this.rxQueueBytes + frame.length > RX_QUEUE_BYTES && queued >= RX_QUEUE_TXQUEUELEN) || queued >= RX_QUEUE_FRAMES || (!this.o.sg && frame.length > PAGE_SIZE)) {
       this.counters.rxDropped++;
       return;
     }
-    this.rxQueue.push({ frame, csumBlank });
+    if (queued === 0) {
+      const need = frame.length <= PAGE_SIZE ? 1 : Math.ceil(frame.length / PAGE_SIZE);
+      try {
+        if (this.rx.unconsumedRequests() >= need) {
+          if (!this.o.persistent && this.rxPages + need > 1 << BOUNCE_ORDER) this.flushRx();
+          this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
+          this.rxUnpushed = true;
+          this.o.kick();
+          return;
+        }
+      } catch (e) {
+        // The frontend's rx ring is broken (an impossible req_prod): this queue only.
+        this.disable(e instanceof Error ? e : new Error(String(e)));
+        return;
+      }
+    }
+    this.rxQueueBytes += frame.length;
+    this.rxQueue.push({ frame: this.frags.copy(frame), csumBlank });
     this.o.kick();
   }
 
@@ -240,6 +282,7 @@ export class NetbackQueue {
     if (this.dead) return;
     this.dead = true;
     this.rxQueue.length = 0;
+    this.rxQueueBytes = 0;
     if (this.creditTimer) clearTimeout(this.creditTimer);
     this.o.onError(e);
   }
@@ -305,16 +348,8 @@ export class NetbackQueue {
 
   /** Decodes the `n` gathered slots of one packet, copies its data, answers each slot, hands it on. */
   private txPacket(n: number): void {
-    const read = (s: TxSlot, j: number) => {
-      const d = this.slotDv[j];
-      s.gref = d.getUint32(TX.gref.offset, true);
-      s.offset = d.getUint16(TX.offset.offset, true);
-      s.flags = d.getUint16(TX.flags.offset, true);
-      s.id = d.getUint16(TX.id.offset, true);
-      s.size = d.getUint16(TX.size.offset, true);
-    };
     const first = this.slots[0];
-    read(first, 0);
+    this.readSlot(first, 0);
     let j = 1;
     let bad = false;
     if (first.flags & NETTXF_extra_info) {
@@ -335,7 +370,7 @@ export class NetbackQueue {
     const follow = n - 1 - extras;
     let rest = 0;
     for (let i = 1; i <= follow; i++) {
-      read(this.slots[i], j++);
+      this.readSlot(this.slots[i], j++);
       rest += this.slots[i].size;
     }
     this.counters.txSlots += 1 + follow;
@@ -363,6 +398,16 @@ export class NetbackQueue {
     if (this.credit !== Infinity) this.credit -= total;
     this.txPending.push(p);
     if (this.o.persistent) this.flushTx();
+  }
+
+  /** Decodes the private copy `j` of a slot into `s`. */
+  private readSlot(s: TxSlot, j: number): void {
+    const d = this.slotDv[j];
+    s.gref = d.getUint32(TX.gref.offset, true);
+    s.offset = d.getUint16(TX.offset.offset, true);
+    s.flags = d.getUint16(TX.flags.offset, true);
+    s.id = d.getUint16(TX.id.offset, true);
+    s.size = d.getUint16(TX.size.offset, true);
   }
 
   /** Adds the grant copies of a validated packet into the bounce at `txAt` to the batch. */
@@ -403,32 +448,39 @@ export class NetbackQueue {
       this.counters.grantCopies += this.txCopies.length;
     }
     let k = 0;
-    const deliver: TxPending[] = [];
-    for (const p of this.txPending) {
+    const pending = this.txPending;
+    // Answered (the responses are pushed at the end of the pass) and handed on in ring order.
+    for (let x = 0; x < pending.length; x++) {
+      const p = pending[x];
       if (!p.bad && !this.o.persistent) {
         for (let j = 0; j < p.copies; j++) if (st[k + j] !== GNTST.okay) p.bad = true;
         k += p.copies;
-        if (!p.bad) p.frame = this.txBounce!.bytes.slice(p.at, p.at + p.total);
+        if (!p.bad) p.frame = this.txBounce!.bytes.subarray(p.at, p.at + p.total); // valid until the next batch
       }
       const status = p.bad ? NETIF_RSP_ERROR : NETIF_RSP_OKAY;
       this.respondTx(p.ids[0], status);
       for (let e = 0; e < p.extras; e++) this.respondTx(0, NETIF_RSP_NULL);
       for (let i = 1; i < p.ids.length; i++) this.respondTx(p.ids[i], status);
-      if (p.bad) this.counters.txErrors++;
-      else deliver.push(p);
-    }
-    this.txPending.length = 0;
-    this.txCopies.length = 0;
-    this.txAt = 0;
-    for (const p of deliver) {
+      if (p.bad) {
+        this.counters.txErrors++;
+        continue;
+      }
       this.counters.txPackets++;
       this.counters.txBytes += p.total;
       this.o.deliver(p.frame!, p.csumBlank);
     }
+    pending.length = 0;
+    this.txCopies.length = 0;
+    this.txAt = 0;
   }
 
   /** Persistent mode: copies a validated packet's slots out of the kept mappings. @returns null when a grant does not map. */
   private copyTxPersistent(follow: number, firstLen: number, total: number): Uint8Array | null {
+    if (follow === 0) {
+      const s = this.slots[0];
+      const page = this.persistentPage(this.mappedTx, s.gref, true);
+      return page ? page.subarray(s.offset, s.offset + firstLen) : null; // the bridge copies what it keeps
+    }
     const frame = new Uint8Array(total);
     let at = 0;
     for (let i = 0; i <= follow; i++) {
@@ -469,12 +521,15 @@ export class NetbackQueue {
       const need = Math.max(1, Math.ceil(frame.length / PAGE_SIZE));
       if (ring.unconsumedRequests() < need) break; // wait for the frontend's buffers
       this.rxQueue.shift();
+      this.rxQueueBytes -= frame.length;
       if (!this.o.persistent && this.rxPages + need > 1 << BOUNCE_ORDER) this.flushRx();
       this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
       sent++;
     }
     this.flushRx();
-    if (sent > 0 && ring.pushResponsesAndCheckNotify()) {
+    const push = sent > 0 || this.rxUnpushed;
+    this.rxUnpushed = false;
+    if (push && ring.pushResponsesAndCheckNotify()) {
       this.counters.notificationsRx++;
       this.evtchn.notify(this.o.rxPort);
     }
@@ -489,12 +544,16 @@ export class NetbackQueue {
    * and queues the grant copies for {@link flushRx}.
    */
   private rxFrame(frame: Uint8Array, csumBlank: boolean, need: number): void {
+    if (this.o.persistent) {
+      this.rxFramePersistent(frame, csumBlank, need);
+      return;
+    }
     const p: RxPending = { ids: [], lens: [], csumBlank, bad: false, copies: 0, bytes: frame.length };
     const bounce = this.rxBounce;
     for (let i = 0; i < need; i++) {
       this.rx.consumeRequest(this.rxReqBuf);
       const gref = this.rxReqDv.getUint32(RXQ.gref.offset, true);
-      const part = frame.subarray(i * PAGE_SIZE, Math.min(frame.length, (i + 1) * PAGE_SIZE));
+      const part = need === 1 ? frame : frame.subarray(i * PAGE_SIZE, Math.min(frame.length, (i + 1) * PAGE_SIZE));
       p.ids.push(this.rxReqDv.getUint16(RXQ.id.offset, true));
       p.lens.push(part.length);
       if (this.o.persistent) {
@@ -510,6 +569,45 @@ export class NetbackQueue {
     }
     this.counters.rxSlots += need;
     this.rxPending.push(p);
+  }
+
+  /**
+   * Persistent mode: copies a frame into the next `need` posted buffers (mapped once
+   * and kept) and answers each slot at once, in its own ring slot.
+   */
+  private rxFramePersistent(frame: Uint8Array, csumBlank: boolean, need: number): void {
+    const ring = this.rx;
+    const v = ring.view;
+    const F = NETIF_RX_RESPONSE.fields;
+    const len = frame.length;
+    let bad = false;
+    const start = ring.rspProdPvt;
+    for (let i = 0; i < need; i++) {
+      ring.consumeRequest(this.rxReqBuf);
+      const gref = this.rxReqDv.getUint32(RXQ.gref.offset, true);
+      const id = this.rxReqDv.getUint16(RXQ.id.offset, true);
+      const n = Math.min(PAGE_SIZE, len - i * PAGE_SIZE);
+      const page = this.persistentPage(this.mappedRx, gref, false);
+      if (!page) bad = true;
+      else if (!bad) page.set(need === 1 ? frame : frame.subarray(i * PAGE_SIZE, i * PAGE_SIZE + n));
+      let flags = 0;
+      if (i < need - 1) flags |= NETRXF_more_data;
+      if (i === 0 && csumBlank) flags |= NETRXF_csum_blank | NETRXF_data_validated;
+      const off = ring.produceResponse();
+      v.setUint16(off + F.id.offset, id, true);
+      v.setUint16(off + F.offset.offset, 0, true);
+      v.setUint16(off + F.flags.offset, flags, true);
+      v.setInt16(off + F.status.offset, n, true);
+    }
+    this.counters.rxSlots += need;
+    if (bad) {
+      // A buffer that does not map: every slot of the frame is answered with an error.
+      for (let i = 0; i < need; i++) v.setInt16(ring.responseOffset(start + i) + F.status.offset, NETIF_RSP_ERROR, true);
+      this.counters.rxDropped++;
+      return;
+    }
+    this.counters.rxPackets++;
+    this.counters.rxBytes += len;
   }
 
   /** Runs the batch's grant copies in one hypercall, then answers each slot in its own ring slot, in order. */
@@ -567,6 +665,7 @@ export class NetbackQueue {
     this.dead = true;
     if (this.creditTimer) clearTimeout(this.creditTimer);
     this.rxQueue.length = 0;
+    this.rxQueueBytes = 0;
     const handles = [...this.mappedTx.values(), ...this.mappedRx.values()].map((m) => m.handle);
     this.mappedTx.clear();
     this.mappedRx.clear();

@@ -36,6 +36,7 @@ import type { EventChannels } from '../event-channel/evtchn.ts';
 import type { GrantTable } from '../grant-table/gnttab.ts';
 import type { GuestMemory, GuestPage } from '../hypervisor/guest-memory.ts';
 import { completeChecksum } from './frame.ts';
+import { FragAllocator } from './frag.ts';
 
 const TX = NETIF_TX_REQUEST.fields;
 const TXR = NETIF_TX_RESPONSE.fields;
@@ -46,6 +47,8 @@ const GSO = NETIF_EXTRA_INFO_GSO.fields;
 const ETH_HLEN = 14;
 /** Most frames kept for the receiver before new ones are dropped (counted). */
 const RX_QUEUE_MAX = 4096;
+const NO_OPTS: SendOptions = Object.freeze({});
+const EMPTY = new Uint8Array(0);
 
 /** The vif is broken (a protocol error by the backend, or closed); pending sends reject with it. */
 export class NetfrontBrokenError extends PvioError {
@@ -132,7 +135,9 @@ export class NetfrontQueue {
   /** Persistent mode: the rx pages and their grants, by slot. */
   private readonly rxPersistent: RxBuffer[] = [];
   private readonly txWaiters: Array<() => void> = [];
-  private readonly rxFrames: Uint8Array[] = [];
+  /** Received frames not yet taken: `rxFrames[rxHead ..]` (compacted when the head passes half). */
+  private rxFrames: Uint8Array[] = [];
+  private rxHead = 0;
   private rxWaiter: (() => void) | null = null;
   /** Slots of the packet being received. */
   private rxParts: Uint8Array[] = [];
@@ -142,6 +147,8 @@ export class NetfrontQueue {
   private rxExtraNext = false;
   /** The next rx data slot starts a packet. */
   private rxFirst = true;
+  /** Received frames are copied out of their buffers into chunks (see netfront/frag.ts). */
+  private readonly frags = new FragAllocator();
   private broken: Error | null = null;
   private readonly txBuf = new Uint8Array(NETIF_TX_REQUEST.size);
   private readonly txDv = new DataView(this.txBuf.buffer);
@@ -183,17 +190,44 @@ export class NetfrontQueue {
    *   under 14 bytes, over {@link NetfrontQueueOptions.maxFrame} (or one page without
    *   `feature-sg`), or a GSO request the backend did not offer.
    */
-  async send(frame: Uint8Array, opts: SendOptions = {}): Promise<void> {
+  async send(frame: Uint8Array, opts: SendOptions = NO_OPTS): Promise<void> {
+    const need = this.checkFrame(frame, opts);
+    while (!this.broken && (this.tx.freeRequests() < need || this.txFreeIds.length < need)) {
+      await new Promise<void>((r) => this.txWaiters.push(r));
+    }
+    if (this.broken) throw new NetfrontBrokenError(this.broken.message);
+    this.commitTx(frame, opts);
+  }
+
+  /**
+   * Like {@link send}, but never waits: queues `frame` (copied before this returns)
+   * when the tx ring has room for it, else returns false and queues nothing (Linux's
+   * `netif_stop_queue` point). A sender that loops on it sends a burst with no
+   * promise per frame.
+   * @returns true when the frame was queued.
+   * @throws NetfrontBrokenError when the vif is broken; RangeError as {@link send}.
+   */
+  trySend(frame: Uint8Array, opts: SendOptions = NO_OPTS): boolean {
+    const need = this.checkFrame(frame, opts);
+    if (this.broken) throw new NetfrontBrokenError(this.broken.message);
+    if (this.tx.freeRequests() < need || this.txFreeIds.length < need) return false;
+    this.commitTx(frame, opts);
+    return true;
+  }
+
+  /** Checks a frame against what was negotiated. @returns the slots it needs. @throws RangeError. */
+  private checkFrame(frame: Uint8Array, opts: SendOptions): number {
     if (frame.length < ETH_HLEN) throw new RangeError(`frame of ${frame.length} bytes is shorter than an Ethernet header`);
     if (frame.length > this.o.maxFrame || frame.length > XEN_NETIF_MAX_TX_SIZE) throw new RangeError(`frame of ${frame.length} bytes is over the ${this.o.maxFrame}-byte limit`);
     if (!this.o.sg && frame.length > PAGE_SIZE) throw new RangeError(`frame of ${frame.length} bytes needs feature-sg`);
     if (opts.gso && !this.o.gso) throw new RangeError('the backend did not offer GSO');
     const need = this.slotsFor(frame.length, opts.gso !== undefined);
     if (need - 1 > XEN_NETIF_NR_SLOTS_MIN) throw new RangeError(`frame needs ${need} slots`);
-    while (!this.broken && (this.tx.freeRequests() < need || this.txFreeIds.length < need)) {
-      await new Promise<void>((r) => this.txWaiters.push(r));
-    }
-    if (this.broken) throw new NetfrontBrokenError(this.broken.message);
+    return need;
+  }
+
+  /** Writes the frame's slots, pushes them and notifies the backend if it asks to be. */
+  private commitTx(frame: Uint8Array, opts: SendOptions): void {
     this.produceTx(frame, opts);
     this.counters.txPackets++;
     this.counters.txBytes += frame.length;
@@ -211,7 +245,7 @@ export class NetfrontQueue {
       const n = Math.min(PAGE_SIZE, frame.length - off);
       const id = this.txFreeIds.pop()!;
       const slot = this.takeTxPage();
-      slot.page.bytes.set(frame.subarray(off, off + n));
+      slot.page.bytes.set(n === frame.length ? frame : frame.subarray(off, off + n));
       this.txShadow[id] = slot;
       let flags = 0;
       if (off + n < frame.length) flags |= NETTXF_more_data;
@@ -285,7 +319,10 @@ export class NetfrontQueue {
     if (this.broken) return;
     this.counters.events++;
     try {
-      do this.reapTx(); while (this.tx.finalCheckForResponses());
+      // Tx completions: ask to be notified only when half of what is in flight has been
+      // answered (Linux netfront's tx rsp_event, "halfway"), so a busy sender is not
+      // woken per packet; with nothing in flight, on the next response.
+      do this.reapTx(); while (this.tx.finalCheckForResponses(((this.tx.reqProdPvt - this.tx.rspCons) >>> 1) + 1));
       do this.receiveRx(); while (this.rx.finalCheckForResponses());
       this.refillRx();
     } catch (e) {
@@ -336,7 +373,7 @@ export class NetfrontQueue {
       } else if (status < 0) {
         this.rxBad = true;
       } else {
-        this.rxParts.push(buf.page.bytes.slice(offset, offset + status));
+        this.rxParts.push(this.frags.copy(buf.page.bytes, offset, status));
         this.rxLen += status;
       }
       if (this.rxFirst) this.rxCsumBlank = (flags & NETRXF_csum_blank) !== 0;
@@ -383,7 +420,7 @@ export class NetfrontQueue {
     if (this.rxCsumBlank && completeChecksum(frame)) this.counters.rxCsumCompleted++;
     this.counters.rxPackets++;
     this.counters.rxBytes += len;
-    if (this.rxFrames.length >= RX_QUEUE_MAX) {
+    if (this.rxFrames.length - this.rxHead >= RX_QUEUE_MAX) {
       this.counters.rxDropped++;
       return;
     }
@@ -398,7 +435,7 @@ export class NetfrontQueue {
    * queue is broken and empty).
    */
   async receive(timeoutMs: number): Promise<Uint8Array | null> {
-    if (this.rxFrames.length === 0 && !this.broken) {
+    if (this.pendingRx === 0 && !this.broken) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
           if (this.rxWaiter === done) this.rxWaiter = null;
@@ -411,12 +448,28 @@ export class NetfrontQueue {
         this.rxWaiter = done;
       });
     }
-    return this.rxFrames.shift() ?? null;
+    return this.tryReceive();
+  }
+
+  /** The next received frame if there is one, else null; never waits. */
+  tryReceive(): Uint8Array | null {
+    const q = this.rxFrames;
+    if (this.rxHead >= q.length) return null;
+    const f = q[this.rxHead];
+    q[this.rxHead++] = EMPTY;
+    if (this.rxHead === q.length) {
+      q.length = 0;
+      this.rxHead = 0;
+    } else if (this.rxHead >= 1024 && this.rxHead * 2 >= q.length) {
+      this.rxFrames = q.slice(this.rxHead);
+      this.rxHead = 0;
+    }
+    return f;
   }
 
   /** Frames received and not yet taken. */
   get pendingRx(): number {
-    return this.rxFrames.length;
+    return this.rxFrames.length - this.rxHead;
   }
 
   /** Breaks the queue: senders and the receiver are released with the error. */

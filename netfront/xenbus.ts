@@ -91,6 +91,44 @@ export class Netfront {
   }
 
   /**
+   * Sends one Ethernet frame if its queue's tx ring has room, without waiting
+   * (copied before this returns).
+   * @returns false when the ring is full (nothing queued: retry, or `await send`).
+   * @throws NetfrontBrokenError when the vif is broken; RangeError for a bad size.
+   */
+  trySend(frame: Uint8Array, opts?: SendOptions): boolean {
+    return this.queues[this.queueOf(frame)].trySend(frame, opts);
+  }
+
+  /** A frame already received (from any queue), or null; never waits. */
+  tryReceive(): Uint8Array | null {
+    const qs = this.queues;
+    for (let i = 0; i < qs.length; i++) {
+      const f = qs[i].tryReceive();
+      if (f) return f;
+    }
+    return null;
+  }
+
+  /**
+   * Up to `max` received frames: those already received at once, else waits up to
+   * `timeoutMs` for the first (an empty array when none came). One promise per
+   * batch, as a NAPI poll takes a batch per interrupt.
+   * @throws NetfrontBrokenError when every queue is broken and nothing is left.
+   */
+  async receiveBatch(max: number, timeoutMs = 1000): Promise<Uint8Array[]> {
+    const out: Uint8Array[] = [];
+    let f = this.tryReceive();
+    if (!f) {
+      f = await this.receive(timeoutMs);
+      if (!f) return out;
+    }
+    do out.push(f);
+    while (out.length < max && (f = this.tryReceive()) !== null);
+    return out;
+  }
+
+  /**
    * The next received frame from any queue, or null after `timeoutMs` with none.
    * @throws NetfrontBrokenError when every queue is broken.
    */

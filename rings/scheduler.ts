@@ -13,6 +13,8 @@ export class RingScheduler<T extends Servable> {
   private readonly queue: T[] = [];
   private readonly queued = new Set<T>();
   private scheduled = false;
+  /** {@link run}, bound once (no closure per kick). */
+  private readonly runBound = (): void => this.run();
 
   /** Marks `ring` as having work (called from its event handler). */
   kick(ring: T): void {
@@ -22,7 +24,7 @@ export class RingScheduler<T extends Servable> {
     }
     if (!this.scheduled) {
       this.scheduled = true;
-      queueMicrotask(() => this.run());
+      queueMicrotask(this.runBound);
     }
   }
 
@@ -40,7 +42,7 @@ export class RingScheduler<T extends Servable> {
     if (this.queue.length > 0 && !this.scheduled) {
       // More work: continue after the event loop had a turn (timers, other events).
       this.scheduled = true;
-      setImmediate(() => this.run());
+      setImmediate(this.runBound);
     }
   }
 }

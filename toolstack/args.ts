@@ -26,6 +26,8 @@ Usage:
                                and ringbuf.js (--json FILE, --svg FILE, --quick; see bench/README.md)
   pvio bench blk [options]     the disk benchmark: pvio's virtual disk against readSync,
                                FileHandle and fio over NBD (--json FILE, --svg FILE, --quick)
+  pvio bench net [options]     the network benchmark: domU → bridge → domU through pvio against
+                               relayed MessagePort and SAB-ring baselines (--json FILE, --svg FILE, --quick)
   pvio help                    show this help
   pvio --version               print the version
 
@@ -95,7 +97,7 @@ export const MAX_DOM0_VCPUS = 32;
 /** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
 export interface BenchCommand {
   command: 'bench';
-  /** Which benchmark (`ring` or `blk`). */
+  /** Which benchmark (`ring`, `blk` or `net`). */
   what: string;
   /** The arguments after WHAT, untouched. */
   argv: string[];
@@ -149,9 +151,9 @@ function q(s: string): string {
  */
 export function parseCli(argv: string[]): Cli {
   if (argv[0] === 'bench') {
-    if (argv[1] !== 'ring' && argv[1] !== 'blk') {
-      throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring' or 'pvio bench blk')"
-        : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring' or 'pvio bench blk')`);
+    if (argv[1] !== 'ring' && argv[1] !== 'blk' && argv[1] !== 'net') {
+      throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring', 'pvio bench blk' or 'pvio bench net')"
+        : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring', 'pvio bench blk' or 'pvio bench net')`);
     }
     return { command: 'bench', what: argv[1], argv: argv.slice(2) };
   }

@@ -135,6 +135,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (cmd.command === 'bench') {
     if (cmd.what === 'blk') return (await import('../bench/blk.ts')).benchBlk(cmd.argv);
+    if (cmd.what === 'net') return (await import('../bench/net.ts')).benchNet(cmd.argv);
     const { benchRing } = await import('../bench/ring.ts');
     return benchRing(cmd.argv);
   }
