@@ -108,7 +108,7 @@ export class Bridge {
       c.captured++;
     }
     const to = (frame[0] & 1) !== 0 ? undefined : this.fdb.get(macKey(frame, 0));
-    if (to !== undefined && this.ports.has(to)) {
+    if (to !== undefined) { // the fdb only holds attached ports (removePort forgets the rest)
       if (to === from) {
         c.filtered++;
         return;

@@ -131,6 +131,8 @@ export class NetfrontQueue {
   private readonly txFreeIds: number[] = [];
   /** Idle tx pages (persistent mode: each with its grant). */
   private readonly txPool: Array<{ page: GuestPage; gref: GrantRef | null }> = [];
+  /** Persistent mode: the idle tx slots, each a page with its grant, reused as they are. */
+  private readonly txPersistentPool: TxShadow[] = [];
   private readonly rxBufs: Array<RxBuffer | null>;
   /** Persistent mode: the rx pages and their grants, by slot. */
   private readonly rxPersistent: RxBuffer[] = [];
@@ -167,7 +169,7 @@ export class NetfrontQueue {
     for (let id = this.tx.size - 1; id >= 0; id--) this.txFreeIds.push(id);
     this.rxBufs = new Array<RxBuffer | null>(this.rx.size).fill(null);
     if (o.persistent) {
-      for (const page of memory.allocPages(this.tx.size)) this.txPool.push({ page, gref: gnttab.grantAccess(o.backendDomid, page.mfn, true) });
+      for (const page of memory.allocPages(this.tx.size)) this.txPersistentPool.push({ page, gref: gnttab.grantAccess(o.backendDomid, page.mfn, true), persistent: true });
       for (const page of memory.allocPages(this.rx.size)) this.rxPersistent.push({ page, gref: gnttab.grantAccess(o.backendDomid, page.mfn, false) });
     }
     this.refillRx();
@@ -279,10 +281,7 @@ export class NetfrontQueue {
 
   /** A page for one tx slot: from the pool, granted for this request in copy mode. */
   private takeTxPage(): TxShadow {
-    if (this.o.persistent) {
-      const p = this.txPool.pop()!;
-      return { page: p.page, gref: p.gref!, persistent: true };
-    }
+    if (this.o.persistent) return this.txPersistentPool.pop()!;
     const page = this.txPool.pop()?.page ?? this.memory.allocPage();
     return { page, gref: this.gnttab.grantAccess(this.o.backendDomid, page.mfn, true), persistent: false };
   }
@@ -341,7 +340,7 @@ export class NetfrontQueue {
       this.txShadow[id] = null;
       this.txFreeIds.push(id);
       if (status !== NETIF_RSP_OKAY) this.counters.txErrors++;
-      if (s.persistent) this.txPool.push({ page: s.page, gref: s.gref });
+      if (s.persistent) this.txPersistentPool.push(s);
       else if (this.gnttab.endAccess(s.gref)) this.txPool.push({ page: s.page, gref: null });
       else this.counters.grantsDeferred++; // still mapped by the backend: never reuse that page
     }
@@ -494,7 +493,7 @@ export class NetfrontQueue {
     for (const s of this.txShadow) if (s && !s.persistent) end(s.gref);
     for (const b of this.rxBufs) if (b && !this.o.persistent) end(b.gref);
     if (this.o.persistent) {
-      for (const p of this.txPool) if (p.gref !== null) end(p.gref);
+      for (const p of this.txPersistentPool) end(p.gref);
       for (const s of this.txShadow) if (s?.persistent) end(s.gref);
       for (const b of this.rxPersistent) end(b.gref);
     }
