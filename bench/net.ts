@@ -49,7 +49,7 @@ import {
 import type { NetGuestInfo, RxResult, TxArgs, TxResult } from './guests/net-guest.ts';
 import { macBytes } from './guests/net-guest.ts';
 import {
-  EGRESS_FRAMES, RELAY_CTL, RELAY_CTL_BYTES, RING, createRing, egressRingBytes, netifSlots,
+  egressFrames, RELAY_CTL, RELAY_CTL_BYTES, RING, createRing, egressRingBytes, netifSlots,
   type RelayImpl, type RelayMidResult, type RelayMode, type RelayRxResult, type RelaySetup, type RelayTxArgs, type RelayTxResult,
 } from './workers/net-relay-worker.ts';
 
@@ -435,7 +435,7 @@ class Relay implements NetMember {
       this.ctl = new Int32Array(ctl);
       const a = new MessageChannel();
       const b = new MessageChannel();
-      const bounds = { ctl, ingressFrames: Math.max(1, Math.floor(INGRESS_SLOTS / netifSlots(frameBytes))), egressFrames: EGRESS_FRAMES };
+      const bounds = { ctl, ingressFrames: Math.max(1, Math.floor(INGRESS_SLOTS / netifSlots(frameBytes))), egressFrames: egressFrames(frameBytes) };
       await sender.call('setup', { setup: { ...base, ...bounds, role: 'sender', outPort: a.port1 } satisfies RelaySetup }, T, [a.port1]);
       await middle.call('setup', { setup: { ...base, ...bounds, role: 'middle', inPort: a.port2, outPort: b.port1 } satisfies RelaySetup }, T, [a.port2, b.port1]);
       await receiver.call('setup', { setup: { ...base, ...bounds, role: 'receiver', inPort: b.port2 } satisfies RelaySetup }, T, [b.port2]);
@@ -787,8 +787,8 @@ export async function benchNet(argv: string[]): Promise<number> {
         rings: 'netif tx and rx rings of one page (256 slots) per queue; netback rx queue 512 KiB of frames (at least 1000 frames, at most 8192); netfront rx queue 4096 frames',
       },
       baselines: {
-        'messageport-relay': `sender → middle → receiver over two MessageChannels; copy: Uint8Array cloned per hop; transfer: a fresh ArrayBuffer per frame, transferred per hop; ingress ≤ ${INGRESS_SLOTS} slots of 4 KiB untaken (sender blocks), egress ≤ ${EGRESS_FRAMES} frames unconsumed (middle drops)`,
-        'minimal-ring-relay': `two SPSC byte rings in SharedArrayBuffers (length-prefixed records, Atomics.wait/notify with a waiting flag, no spinning): sender → middle 1 MiB (the sender blocks when full), middle → receiver room for ${EGRESS_FRAMES} frames, ≥ 1 MiB (the middle drops when full); the receiver copies each frame out`,
+        'messageport-relay': `sender → middle → receiver over two MessageChannels; copy: Uint8Array cloned per hop; transfer: a fresh ArrayBuffer per frame, transferred per hop; ingress ≤ ${INGRESS_SLOTS} slots of 4 KiB untaken (sender blocks), egress ≤ what netback buffers for a guest (rx queue + 256-slot ring: ${[64, 1500, 65535].map((b) => `${egressFrames(b)} frames of ${b} B`).join(', ')}) unconsumed (middle drops)`,
+        'minimal-ring-relay': `two SPSC byte rings in SharedArrayBuffers (length-prefixed records, Atomics.wait/notify with a waiting flag, no spinning): sender → middle 1 MiB (the sender blocks when full), middle → receiver room for as many frames as netback buffers (as above), ≥ 1 MiB (the middle drops when full); the receiver copies each frame out`,
       },
       search: 'flood window, then paced windows: 0.95 × flood delivered rate, ×0.75 down until a pass, then bisection (upper bound 1.2 × flood delivered); pass = 0 drops and every frame sent within 5% + 2 ms of the window',
       pacing: 'frame n due at t0 + n/rate; due frames sent back to back, then sleep ≥ 1 ms (pvio: Node timer; baselines: Atomics.wait)',

@@ -20,7 +20,7 @@
  * request that gave the buffer, `NETRXF_more_data` chaining a frame over several.
  *
  * A protocol error (an impossible producer index, more than 20 slots, a broken extra
- * chain) disables the queue; the domain and the other vifs go on.
+ * chain, a packet published in part) disables the queue; the domain and the other vifs go on.
  *
  * @see xen/include/public/io/netif.h, Linux drivers/net/xen-netback/netback.c
  */
@@ -59,6 +59,14 @@ const TX_BATCH = 64;
 const RX_QUEUE_BYTES = 128 * PAGE_SIZE;
 const RX_QUEUE_TXQUEUELEN = 1000;
 const RX_QUEUE_FRAMES = 8192;
+
+/**
+ * How many `frameBytes`-byte frames a vif's rx queue holds before it drops (the
+ * rule above): min(8192, max(1000, ⌊512 KiB / frameBytes⌋)). Rx ring slots come on top.
+ */
+export function rxQueueCapacity(frameBytes: number): number {
+  return Math.min(RX_QUEUE_FRAMES, Math.max(RX_QUEUE_TXQUEUELEN, Math.floor(RX_QUEUE_BYTES / Math.max(1, frameBytes))));
+}
 /**
  * Bounce extent order (copy mode): 16 pages (the largest extent, and the largest
  * packet: 65535 bytes). A pass batches the grant copies of several packets into one
@@ -182,6 +190,8 @@ export class NetbackQueue {
   private readonly rxReqDv = new DataView(this.rxReqBuf.buffer);
   private readonly slots: TxSlot[] = Array.from({ length: FATAL_SKB_SLOTS + 2 }, () => ({ gref: 0, offset: 0, flags: 0, id: 0, size: 0 }));
   private readonly rxQueue: Array<{ frame: Uint8Array; csumBlank: boolean }> = [];
+  /** Persistent mode: where a packet of several slots is put together (valid until the next packet). */
+  private txScratch: Uint8Array | null = null;
   /** Queued frames are copied into chunks (see netfront/frag.ts). */
   private readonly frags = new FragAllocator();
   /** Bytes of the frames in {@link rxQueue}. */
@@ -320,9 +330,12 @@ export class NetbackQueue {
   /**
    * Copies the slots of the packet at `reqCons` (first, extras, follow-ons) once each
    * into private buffers, following the flags of those copies.
-   * @returns how many slots it spans, or 0 when not all are published yet.
-   * @throws ProtocolError for more than {@link FATAL_SKB_SLOTS} follow-on slots or an
-   *   extra-info chain longer than there are extra types.
+   * @returns how many slots it spans.
+   * @throws ProtocolError for more than {@link FATAL_SKB_SLOTS} follow-on slots, an
+   *   extra-info chain longer than there are extra types, or a packet whose slots run
+   *   past the published req_prod (a frontend publishes whole packets; Linux: "Asked
+   *   for N slots but exceeds this limit", fatal too — waiting for the rest instead
+   *   would re-serve and re-copy the queue every pass, spinning dom0).
    */
   private gather(avail: number): number {
     const ring = this.tx;
@@ -334,7 +347,7 @@ export class NetbackQueue {
     if (flags & NETTXF_extra_info) {
       for (let extras = 1; ; extras++) {
         if (extras >= XEN_NETIF_EXTRA_TYPE_MAX) throw new ProtocolError(`${this.o.name}: an extra-info chain longer than the ${XEN_NETIF_EXTRA_TYPE_MAX - 1} extra types`);
-        if (i >= avail) return 0;
+        if (i >= avail) throw new ProtocolError(`${this.o.name}: a packet's extra-info slots run past req_prod (published in part)`);
         ring.copyRequest(cons + i, this.slotBuf[i]);
         this.counters.slotCopies++;
         i++;
@@ -343,7 +356,7 @@ export class NetbackQueue {
     }
     let follow = 0;
     while (flags & NETTXF_more_data) {
-      if (i >= avail) return 0;
+      if (i >= avail) throw new ProtocolError(`${this.o.name}: a packet's slots run past req_prod (published in part)`);
       if (++follow > FATAL_SKB_SLOTS) throw new ProtocolError(`${this.o.name}: packet of more than ${FATAL_SKB_SLOTS + 1} slots`);
       ring.copyRequest(cons + i, this.slotBuf[i]);
       this.counters.slotCopies++;
@@ -519,7 +532,8 @@ export class NetbackQueue {
       const page = this.persistentPage(this.mappedTx, s.gref, true);
       return page ? page.subarray(s.offset, s.offset + firstLen) : null; // the bridge copies what it keeps
     }
-    const frame = new Uint8Array(total);
+    // Handed on at once (persistent mode flushes each packet) and copied by whoever keeps it: one scratch frame.
+    const frame = (this.txScratch ??= new Uint8Array(XEN_NETIF_MAX_TX_SIZE)).subarray(0, total);
     let at = 0;
     for (let i = 0; i <= follow; i++) {
       const s = this.slots[i];

@@ -142,8 +142,8 @@ export class NetfrontQueue {
   private rxHead = 0;
   private rxWaiter: (() => void) | null = null;
   /** Slots of the packet being received. */
-  private rxParts: Uint8Array[] = [];
-  private rxLen = 0;
+  /** Data slots of the packet being received (its bytes are appended to {@link frags} as they come). */
+  private rxSlotsSeen = 0;
   private rxCsumBlank = false;
   private rxBad = false;
   private rxExtraNext = false;
@@ -367,13 +367,16 @@ export class NetfrontQueue {
       const status = this.rspDv.getInt16(RXR.status.offset, true);
       this.counters.rxSlots++;
       if (status >= 0 && offset + status > PAGE_SIZE) throw new ProtocolError(`netfront: rx response of ${status} bytes at offset ${offset} runs past its page`);
+      // A packet's slots are copied one after the other into one frame (no concatenation after).
+      if (this.rxFirst) this.frags.start((flags & NETRXF_more_data) !== 0 ? XEN_NETIF_MAX_TX_SIZE : Math.max(0, status));
       if (!this.releaseRx(buf)) {
         this.rxBad = true; // the buffer is still mapped by the backend: its bytes cannot be trusted
       } else if (status < 0) {
         this.rxBad = true;
-      } else {
-        this.rxParts.push(this.frags.copy(buf.page.bytes, offset, status));
-        this.rxLen += status;
+      } else if (++this.rxSlotsSeen > XEN_NETIF_NR_SLOTS_MIN + 1) {
+        this.rxBad = true; // more slots than any packet has: dropped, as Linux's "too many slots"
+      } else if (!this.rxBad) {
+        this.frags.append(buf.page.bytes, offset, status);
       }
       if (this.rxFirst) this.rxCsumBlank = (flags & NETRXF_csum_blank) !== 0;
       this.rxFirst = false;
@@ -395,27 +398,17 @@ export class NetfrontQueue {
   }
 
   private finishRxPacket(): void {
-    const parts = this.rxParts;
-    const len = this.rxLen;
+    const len = this.frags.building;
     const bad = this.rxBad || len < ETH_HLEN;
-    this.rxParts = [];
-    this.rxLen = 0;
+    this.rxSlotsSeen = 0;
     this.rxBad = false;
     this.rxFirst = true;
     if (bad) {
+      this.frags.abort();
       this.counters.rxErrors++;
       return;
     }
-    let frame: Uint8Array;
-    if (parts.length === 1) frame = parts[0];
-    else {
-      frame = new Uint8Array(len);
-      let at = 0;
-      for (const p of parts) {
-        frame.set(p, at);
-        at += p.length;
-      }
-    }
+    const frame = this.frags.finish();
     if (this.rxCsumBlank && completeChecksum(frame)) this.counters.rxCsumCompleted++;
     this.counters.rxPackets++;
     this.counters.rxBytes += len;

@@ -11,8 +11,8 @@
  *   sender keeps at most `ingressFrames` frames not yet taken by the middle (the
  *   middle publishes its count in the control block's TAKEN word; a blocked sender
  *   arms WAKE_AT and sleeps in `Atomics.wait` on TAKEN, which the middle notifies);
- * - egress (middle → receiver), like netback's 512-frame rx queue plus a 256-slot rx
- *   ring: the middle drops a frame (counted) when `egressFrames` frames it forwarded
+ * - egress (middle → receiver), like netback's rx queue plus a 256-slot rx ring
+ *   ({@link egressFrames}): the middle drops a frame (counted) when `egressFrames` frames it forwarded
  *   are not yet consumed (the receiver publishes its count in RX_COUNT).
  * The sender ends a run with an end marker (`{ end: true }`) after its last frame; the
  * middle passes it on after the frames it forwarded, so when the receiver sees it,
@@ -21,8 +21,8 @@
  * **minimal-ring-relay.** Two hand-written single-producer single-consumer byte
  * rings in SharedArrayBuffers (sender → middle, middle → receiver): the sender's
  * holds 1 MiB (the 256 pages of 4 KiB a full netif tx ring refers to), the
- * receiver's room for 768 frames (netback's 512-frame rx queue plus a 256-slot rx
- * ring), at least 1 MiB (see {@link egressRingBytes}). A record is a u32
+ * receiver's room for as many frames as netback buffers for a guest (its rx queue
+ * plus a 256-slot rx ring), at least 1 MiB (see {@link egressRingBytes}). A record is a u32
  * length and the frame, 8-byte aligned; a record that does not fit before the end
  * leaves a wrap marker. Producer and consumer indices are free-running u32 byte
  * counts. A consumer with nothing to read sets its WAITING flag, re-checks the head,
@@ -47,6 +47,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import { serve, WAIT_SLICE_MS, type WorkerRequest } from './common.ts';
+import { rxQueueCapacity } from '../../netback/netback.ts';
 import { BENCH_ETHERTYPE, FRAME_RUN_ID, FRAME_SEQ, MIN_BENCH_FRAME, benchFrame, floodBatch } from '../guests/net-guest.ts';
 
 /** Words per control slot: 16 × 4 bytes, one cache line each. */
@@ -87,8 +88,14 @@ export const RING = Object.freeze({
 export const RING_HEADER_BYTES = 512;
 /** Data bytes of the sender's ring: 1 MiB, the 256 pages of 4 KiB a full netif tx ring refers to. */
 export const RING_DATA_BYTES = 1 << 20;
-/** Frames the receiver's ring holds at least: netback's 512-frame rx queue plus a 256-slot rx ring. */
-export const EGRESS_FRAMES = 512 + 256;
+/**
+ * Frames of `frameBytes` bytes the egress (middle → receiver) holds: what pvio's
+ * netback buffers for a guest — its rx queue ({@link rxQueueCapacity}) plus a
+ * 256-slot rx ring — so a baseline drops exactly when pvio would.
+ */
+export function egressFrames(frameBytes: number): number {
+  return rxQueueCapacity(frameBytes) + 256;
+}
 /** Length word of a wrap marker: the rest of the data area up to its end is unused. */
 const WRAP = 0xffffffff;
 /** Bytes of a record's length word. */
@@ -105,12 +112,12 @@ export function createRing(dataBytes = RING_DATA_BYTES): SharedArrayBuffer {
 
 /**
  * Data bytes of the receiver's ring for `frameBytes`-byte frames: room for
- * {@link EGRESS_FRAMES} records (as netback queues frames, whatever their size),
+ * {@link egressFrames} records (as many frames as netback buffers for a guest),
  * rounded up to a power of two, at least {@link RING_DATA_BYTES}.
  */
 export function egressRingBytes(frameBytes: number): number {
   let n = RING_DATA_BYTES;
-  while (n < EGRESS_FRAMES * recordBytes(frameBytes)) n *= 2;
+  while (n < egressFrames(frameBytes) * recordBytes(frameBytes)) n *= 2;
   return n;
 }
 
