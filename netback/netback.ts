@@ -37,7 +37,7 @@ import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } fr
 import type { EventChannels } from '../event-channel/evtchn.ts';
 import type { CopyRequest, GrantTable } from '../grant-table/gnttab.ts';
 import type { GuestExtent, GuestMemory } from '../hypervisor/guest-memory.ts';
-import { FragAllocator } from '../netfront/frag.ts';
+import { FragAllocator, type FragChunk } from '../netfront/frag.ts';
 
 const TX = NETIF_TX_REQUEST.fields;
 const RXQ = NETIF_RX_REQUEST.fields;
@@ -189,7 +189,7 @@ export class NetbackQueue {
   private readonly rxReqBuf = new Uint8Array(NETIF_RX_RING_ENTRY_SIZE);
   private readonly rxReqDv = new DataView(this.rxReqBuf.buffer);
   private readonly slots: TxSlot[] = Array.from({ length: FATAL_SKB_SLOTS + 2 }, () => ({ gref: 0, offset: 0, flags: 0, id: 0, size: 0 }));
-  private readonly rxQueue: Array<{ frame: Uint8Array; csumBlank: boolean }> = [];
+  private readonly rxQueue: Array<{ frame: Uint8Array; csumBlank: boolean; chunk: FragChunk }> = [];
   /** Persistent mode: where a packet of several slots is put together (valid until the next packet). */
   private txScratch: Uint8Array | null = null;
   /** Queued frames are copied into chunks (see netfront/frag.ts). */
@@ -271,7 +271,8 @@ export class NetbackQueue {
       }
     }
     this.rxQueueBytes += frame.length;
-    this.rxQueue.push({ frame: this.frags.copy(frame), csumBlank });
+    const copy = this.frags.copy(frame);
+    this.rxQueue.push({ frame: copy, csumBlank, chunk: this.frags.lastChunk });
     this.o.kick();
   }
 
@@ -569,13 +570,14 @@ export class NetbackQueue {
     const ring = this.rx;
     let sent = 0;
     while (this.rxQueue.length > 0) {
-      const { frame, csumBlank } = this.rxQueue[0];
+      const { frame, csumBlank, chunk } = this.rxQueue[0];
       const need = Math.max(1, Math.ceil(frame.length / PAGE_SIZE));
       if (ring.unconsumedRequests() < need) break; // wait for the frontend's buffers
       this.rxQueue.shift();
       this.rxQueueBytes -= frame.length;
       if (!this.o.persistent && this.rxPages + need > 1 << BOUNCE_ORDER) this.flushRx();
       this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
+      this.frags.release(chunk); // written into the guest's buffers (or the bounce): its bytes may be reused
       sent++;
     }
     this.flushRx();

@@ -18,7 +18,8 @@
  * same granted pages.
  *
  * Every response is copied out of the ring once and checked: an unknown or repeated
- * tx id, an rx size past its page, or an impossible producer index breaks the vif
+ * tx id, a NULL tx status with no extra-info slot in flight, an rx size past its page,
+ * or an impossible producer index breaks the vif
  * (pending sends reject with {@link NetfrontBrokenError}); it never hangs.
  *
  * @see xen/include/public/io/netif.h, Linux drivers/net/xen-netfront.c
@@ -36,7 +37,7 @@ import type { EventChannels } from '../event-channel/evtchn.ts';
 import type { GrantTable } from '../grant-table/gnttab.ts';
 import type { GuestMemory, GuestPage } from '../hypervisor/guest-memory.ts';
 import { completeChecksum } from './frame.ts';
-import { FragAllocator } from './frag.ts';
+import { FragAllocator, type FragChunk } from './frag.ts';
 
 const TX = NETIF_TX_REQUEST.fields;
 const TXR = NETIF_TX_RESPONSE.fields;
@@ -137,9 +138,12 @@ export class NetfrontQueue {
   /** Persistent mode: the rx pages and their grants, by slot. */
   private readonly rxPersistent: RxBuffer[] = [];
   private readonly txWaiters: Array<() => void> = [];
-  /** Received frames not yet taken: `rxFrames[rxHead ..]` (compacted when the head passes half). */
+  /** Received frames not yet taken: `rxFrames[rxHead ..]` (compacted when the head passes half), and their chunks. */
   private rxFrames: Uint8Array[] = [];
+  private rxChunks: FragChunk[] = [];
   private rxHead = 0;
+  /** Chunks of the frames lent by the last borrowing take, given back at the next. */
+  private readonly lent: FragChunk[] = [];
   private rxWaiter: (() => void) | null = null;
   /** Slots of the packet being received. */
   /** Data slots of the packet being received (its bytes are appended to {@link frags} as they come). */
@@ -152,6 +156,8 @@ export class NetfrontQueue {
   /** Received frames are copied out of their buffers into chunks (see netfront/frag.ts). */
   private readonly frags = new FragAllocator();
   private broken: Error | null = null;
+  /** Extra-info slots sent and not yet answered (each gets one NETIF_RSP_NULL). */
+  private txExtrasInFlight = 0;
   private readonly txBuf = new Uint8Array(NETIF_TX_REQUEST.size);
   private readonly txDv = new DataView(this.txBuf.buffer);
   private readonly rspBuf = new Uint8Array(NETIF_RX_RESPONSE.size);
@@ -277,6 +283,7 @@ export class NetfrontQueue {
     d.setUint8(GSO.gso_type.offset, gso.type);
     this.tx.produceRequestFrom(b);
     this.counters.txSlots++;
+    this.txExtrasInFlight++;
   }
 
   /** A page for one tx slot: from the pool, granted for this request in copy mode. */
@@ -334,7 +341,13 @@ export class NetfrontQueue {
       this.tx.consumeResponse(this.rspBuf, NETIF_TX_RESPONSE.size);
       const id = this.rspDv.getUint16(TXR.id.offset, true);
       const status = this.rspDv.getInt16(TXR.status.offset, true);
-      if (status === NETIF_RSP_NULL) continue; // the answer to an extra-info slot
+      if (status === NETIF_RSP_NULL) {
+        // The answer to an extra-info slot. One for a data slot would leave that id in
+        // flight for good (its ring slot is answered): after 256, every send would wait forever.
+        if (this.txExtrasInFlight === 0) throw new ProtocolError('netfront: a NULL tx response with no extra-info slot in flight');
+        this.txExtrasInFlight--;
+        continue;
+      }
       const s = id < this.txShadow.length ? this.txShadow[id] : null;
       if (!s) throw new ProtocolError(`netfront: tx response for id ${id}, not in flight`);
       this.txShadow[id] = null;
@@ -413,10 +426,12 @@ export class NetfrontQueue {
     this.counters.rxPackets++;
     this.counters.rxBytes += len;
     if (this.rxFrames.length - this.rxHead >= RX_QUEUE_MAX) {
+      this.frags.release(this.frags.lastChunk);
       this.counters.rxDropped++;
       return;
     }
     this.rxFrames.push(frame);
+    this.rxChunks.push(this.frags.lastChunk);
     const w = this.rxWaiter;
     this.rxWaiter = null;
     w?.();
@@ -427,6 +442,12 @@ export class NetfrontQueue {
    * queue is broken and empty).
    */
   async receive(timeoutMs: number): Promise<Uint8Array | null> {
+    await this.waitRx(timeoutMs);
+    return this.tryReceive();
+  }
+
+  /** Waits up to `timeoutMs` until a frame is pending or the queue is broken (returns at once if so). */
+  async waitRx(timeoutMs: number): Promise<void> {
     if (this.pendingRx === 0 && !this.broken) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {
@@ -440,20 +461,46 @@ export class NetfrontQueue {
         this.rxWaiter = done;
       });
     }
-    return this.tryReceive();
   }
 
-  /** The next received frame if there is one, else null; never waits. */
+  /** The next received frame if there is one (the caller's to keep), else null; never waits. */
   tryReceive(): Uint8Array | null {
+    return this.take(false);
+  }
+
+  /**
+   * The next received frame if there is one, else null; never waits. The frame is
+   * lent: its bytes stay valid until {@link releaseLent} (then they are reused for
+   * later frames), so taking frames this way allocates nothing.
+   */
+  tryReceiveLent(): Uint8Array | null {
+    return this.take(true);
+  }
+
+  /** Gives back every frame lent by {@link tryReceiveLent}. */
+  releaseLent(): void {
+    const l = this.lent;
+    for (let i = 0; i < l.length; i++) this.frags.release(l[i]);
+    l.length = 0;
+  }
+
+  private take(lend: boolean): Uint8Array | null {
     const q = this.rxFrames;
-    if (this.rxHead >= q.length) return null;
-    const f = q[this.rxHead];
-    q[this.rxHead++] = EMPTY;
+    const h = this.rxHead;
+    if (h >= q.length) return null;
+    const f = q[h];
+    const c = this.rxChunks[h];
+    if (lend) this.lent.push(c);
+    else this.frags.pin(c);
+    q[h] = EMPTY;
+    this.rxHead = h + 1;
     if (this.rxHead === q.length) {
       q.length = 0;
+      this.rxChunks.length = 0;
       this.rxHead = 0;
     } else if (this.rxHead >= 1024 && this.rxHead * 2 >= q.length) {
       this.rxFrames = q.slice(this.rxHead);
+      this.rxChunks = this.rxChunks.slice(this.rxHead);
       this.rxHead = 0;
     }
     return f;

@@ -114,18 +114,57 @@ export class Netfront {
    * Up to `max` received frames: those already received at once, else waits up to
    * `timeoutMs` for the first (an empty array when none came). One promise per
    * batch, as a NAPI poll takes a batch per interrupt.
+   *
+   * With `borrow`, the frames are lent, not given: their bytes stay valid only until
+   * the next `receiveBatch` with `borrow` (or {@link releaseLent}), then are reused
+   * for later frames — no allocation per frame, as a driver's rx descriptors are
+   * recycled once the stack is done with them. Without it the frames are the
+   * caller's to keep.
    * @throws NetfrontBrokenError when every queue is broken and nothing is left.
    */
-  async receiveBatch(max: number, timeoutMs = 1000): Promise<Uint8Array[]> {
+  async receiveBatch(max: number, timeoutMs = 1000, opts: { borrow?: boolean } = {}): Promise<Uint8Array[]> {
+    const borrow = opts.borrow === true;
+    if (borrow) this.releaseLent();
     const out: Uint8Array[] = [];
-    let f = this.tryReceive();
+    let f = this.takeAny(borrow);
     if (!f) {
-      f = await this.receive(timeoutMs);
+      await this.waitRx(timeoutMs);
+      f = this.takeAny(borrow);
       if (!f) return out;
     }
     do out.push(f);
-    while (out.length < max && (f = this.tryReceive()) !== null);
+    while (out.length < max && (f = this.takeAny(borrow)) !== null);
     return out;
+  }
+
+  /** Gives back every frame lent by `receiveBatch(..., { borrow: true })`: their bytes may be reused from now on. */
+  releaseLent(): void {
+    for (const q of this.queues) q.releaseLent();
+  }
+
+  private takeAny(lend: boolean): Uint8Array | null {
+    const qs = this.queues;
+    for (let i = 0; i < qs.length; i++) {
+      const f = lend ? qs[i].tryReceiveLent() : qs[i].tryReceive();
+      if (f) return f;
+    }
+    return null;
+  }
+
+  /** Waits until some queue has a frame, every queue is broken, or `timeoutMs` passed. @throws NetfrontBrokenError when every queue is broken. */
+  private async waitRx(timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      if (this.queues.some((q) => q.pendingRx > 0)) return;
+      if (this.queues.every((q) => q.isBroken)) throw new NetfrontBrokenError(`${this.name}: broken`);
+      const left = deadline - performance.now();
+      if (left <= 0) return;
+      if (this.queues.length === 1) {
+        await this.queues[0].waitRx(left);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(1, left)));
+    }
   }
 
   /**

@@ -1,10 +1,12 @@
 // FragAllocator (netfront/frag.ts): frames carved from shared chunks are private
-// copies — each equals its source bytes, later copies never overwrite earlier ones,
+// copies — each equals its source bytes, later copies never overwrite a live one,
 // a frame built from parts equals their concatenation even when it outgrows its
-// chunk, and an aborted frame leaves nothing behind.
+// chunk, and an aborted frame leaves nothing behind. Recycling: a chunk whose frames
+// were all released is reused, a pinned chunk never is, and a random mix of
+// releases, pins and new frames never overwrites a frame still live.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { FragAllocator } from '../netfront/frag.ts';
+import { FragAllocator, type FragChunk } from '../netfront/frag.ts';
 
 const bytes = (n: number, seed: number) => {
   const b = new Uint8Array(n);
@@ -66,5 +68,49 @@ describe('FragAllocator', () => {
     a.start(10);
     expect(() => a.start(10)).toThrow(/already/);
     expect(() => a.append(bytes(4, 0), 2, 4)).toThrow(RangeError);
+  });
+
+  it('a chunk is reused once all its frames are released; a pinned one never is', () => {
+    const a = new FragAllocator(1024);
+    const f1 = a.copy(bytes(500, 1));
+    const c1 = a.lastChunk;
+    a.copy(bytes(400, 2));
+    expect(a.lastChunk).toBe(c1);
+    a.release(c1);
+    a.release(c1);
+    a.copy(bytes(600, 3)); // does not fit: a new chunk; c1 has nothing live, so it is freed
+    expect(a.lastChunk).not.toBe(c1);
+    a.copy(bytes(600, 4)); // the next new chunk is c1 again
+    expect(a.lastChunk).toBe(c1);
+    expect(a.counters.chunksReused).toBe(1);
+    expect(f1.buffer).toBe(c1.buf.buffer); // (its bytes were overwritten: it had been released)
+    const pinned = a.lastChunk;
+    a.pin(pinned);
+    a.release(pinned);
+    a.copy(bytes(600, 5));
+    a.copy(bytes(600, 6));
+    expect(a.lastChunk).not.toBe(pinned);
+  });
+
+  it('random releases, pins and new frames never overwrite a live frame', () => {
+    fc.assert(fc.property(fc.array(fc.record({ op: fc.integer({ min: 0, max: 3 }), len: fc.integer({ min: 0, max: 3000 }), pick: fc.nat() }), { maxLength: 200 }), (ops) => {
+      const a = new FragAllocator(4096);
+      const live: Array<{ f: Uint8Array; want: Uint8Array; chunk: FragChunk }> = [];
+      const kept: Array<{ f: Uint8Array; want: Uint8Array }> = [];
+      ops.forEach(({ op, len, pick }, k) => {
+        if (op <= 1 || live.length === 0) {
+          const want = bytes(len, k);
+          live.push({ f: a.copy(want), want, chunk: a.lastChunk });
+        } else {
+          const [x] = live.splice(pick % live.length, 1);
+          if (op === 2) a.release(x.chunk); // given back: its bytes may be reused
+          else {
+            a.pin(x.chunk); // kept for good
+            kept.push(x);
+          }
+        }
+        for (const x of [...live, ...kept]) expect(same(x.f, x.want)).toBe(true);
+      });
+    }), { numRuns: 60 });
   });
 });

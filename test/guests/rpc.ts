@@ -277,6 +277,31 @@ export default function main(k: Kernel): Promise<unknown> {
       }
       return out;
     },
+    /** Sends each frame with `trySend` (never waiting), `await send` only when the ring is full; returns how many trySend took. */
+    nicTrySend: async (a) => {
+      const n = nic(a.name);
+      let took = 0;
+      for (const f of a.frames as number[][]) {
+        const b = Uint8Array.from(f);
+        if (n.trySend(b)) took++;
+        else await n.send(b);
+      }
+      return took;
+    },
+    /** Up to `max` frames through `receiveBatch(.., { borrow: true })`: each lent frame is copied out before the next batch. */
+    nicReceiveBorrowed: async (a) => {
+      const n = nic(a.name);
+      const out: number[][] = [];
+      let batches = 0;
+      while (out.length < (a.max ?? 1_000_000)) {
+        const batch = await n.receiveBatch(a.max - out.length, out.length === 0 ? a.timeoutMs ?? 2000 : a.idleMs ?? 100, { borrow: true });
+        if (batch.length === 0) break;
+        batches++;
+        for (const f of batch) out.push([...f]);
+      }
+      n.releaseLent();
+      return { frames: out, batches };
+    },
     exit: (a) => finish(a.value ?? null),
     crash: (a) => void setImmediate(() => fail(new Error(a.message ?? 'guest crashed on purpose'))),
   };
