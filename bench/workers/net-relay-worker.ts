@@ -37,8 +37,9 @@
  * Every role does real work per frame: the sender writes the frame's sequence number
  * and hands the whole frame over (a copy into the ring, a clone, or a fresh buffer
  * it transfers); the middle is a learning switch (source MAC learnt, destination MAC
- * looked up); the receiver takes the frame as its own (ring: copied out of the ring
- * into a new buffer, as netfront hands out a copy) and checks the run id.
+ * looked up); the receiver takes the frame (MessagePort: the clone or the transferred
+ * buffer it was given; ring: copied out of the ring into memory it reuses for the next
+ * frame, as pvio's receiver takes frames netfront lends) and checks the run id.
  *
  * Pacing is the same as pvio's sender (bench/guests/net-guest.ts): frame n is due at
  * `t0 + n / rate`; the sender sends what is due back to back, then sleeps at least
@@ -641,9 +642,13 @@ function ringReceiver(s: RelaySetup, runId: number, deadlineMs: number): RelayRx
   let first = 0;
   let last = 0;
   const u8 = inp.u8;
+  // Each frame is copied out of the ring into the receiver's memory, which is reused
+  // for the next frame — as pvio's bench receiver takes lent frames (receiveBatch with
+  // borrow) whose memory netfront reuses: a copy per frame, no allocation per frame.
+  const mine = new Uint8Array(65536);
   const take = (off: number, len: number) => {
-    // The frame becomes the receiver's own (copied out of the ring), as netfront hands out a copy.
-    const f = u8.slice(off, off + len);
+    const f = mine.subarray(0, len);
+    f.set(u8.subarray(off, off + len));
     if (f.length >= MIN_BENCH_FRAME && getU32(f, FRAME_RUN_ID) === runId && f[12] === BENCH_ETHERTYPE >> 8) {
       const now = performance.now();
       if (r.frames === 0) first = now;
