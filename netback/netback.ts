@@ -307,8 +307,7 @@ export class NetbackQueue {
     let done = 0;
     let avail = ring.unconsumedRequests();
     while (done < TX_BATCH && avail > 0) {
-      const n = this.gather(avail);
-      if (n === 0) break; // the packet's slots are not all published yet
+      const n = this.gather(avail); // a packet published in part is a protocol error
       if (this.slotDv[0].getUint16(TX.size.offset, true) > this.credit) {
         this.stallOnCredit();
         return false;
