@@ -55,7 +55,7 @@ import {
 
 /** Usage text of `pvio bench net`. */
 export const BENCH_NET_USAGE = `usage: pvio bench net [--json FILE] [--svg FILE] [--quick] [--rounds N] [--window MS] [--steps N]
-                      [--warmup MS] [--budget S] [--frames LIST] [--no-queues2] [--only TEXT]`;
+                      [--warmup MS] [--budget S] [--frames LIST] [--no-queues2] [--only TEXT] [--spin-tokens N]`;
 
 const GUEST = fileURLToPath(new URL('./guests/net-guest.ts', import.meta.url));
 const RELAY_WORKER = new URL('./workers/net-relay-worker.ts', import.meta.url);
@@ -191,6 +191,8 @@ export interface BenchNetOptions {
   queues2: boolean;
   /** Run only the members whose key (e.g. `pvio persistent q1 64B`, `messageport-relay copy 1500B`) contains this text; null: all. */
   only: string | null;
+  /** Spin tokens of the run (threads that may spin at once; default {@link BENCH_SPIN_TOKENS}, one per core). */
+  spinTokens: number;
   help: boolean;
 }
 
@@ -203,7 +205,7 @@ export function parseBenchNetArgs(argv: readonly string[]): BenchNetOptions {
     json: { kind: 'string' }, svg: { kind: 'string' }, quick: { kind: 'flag' },
     rounds: { kind: 'number', min: 1, integer: true }, window: { kind: 'number', min: 10 }, steps: { kind: 'number', min: 0, integer: true },
     warmup: { kind: 'number', min: 0 }, budget: { kind: 'number', min: 1 }, frames: { kind: 'string' }, 'no-queues2': { kind: 'flag' },
-    only: { kind: 'string' },
+    only: { kind: 'string' }, 'spin-tokens': { kind: 'number', min: 0, integer: true },
   });
   const quick = v.quick === true;
   let frames = [...DEFAULT_FRAMES];
@@ -220,7 +222,8 @@ export function parseBenchNetArgs(argv: readonly string[]): BenchNetOptions {
     steps: (v.steps as number) ?? (quick ? 3 : 5),
     warmupMs: (v.warmup as number) ?? (quick ? 30 : 60),
     budgetS: (v.budget as number) ?? (quick ? 45 : 540),
-    frames, queues2: !quick && v['no-queues2'] !== true, only: (v.only as string) ?? null, help,
+    frames, queues2: !quick && v['no-queues2'] !== true, only: (v.only as string) ?? null,
+    spinTokens: (v['spin-tokens'] as number) ?? BENCH_SPIN_TOKENS, help,
   };
 }
 
@@ -705,7 +708,7 @@ export async function benchNet(argv: string[]): Promise<number> {
     notes.push(s);
     log(s);
   };
-  const tokens = SpinTokens.createBuffer(BENCH_SPIN_TOKENS);
+  const tokens = SpinTokens.createBuffer(o.spinTokens);
   const pvio = new PvioNet(tokens, log);
   const members: NetMember[] = [];
   const relays: Relay[] = [];
@@ -766,7 +769,7 @@ export async function benchNet(argv: string[]): Promise<number> {
   } finally {
     for (const r of relays) await r.close().catch(() => undefined);
     await pvio.shutdown().catch((e) => note(`machine shutdown: ${(e as Error).message}`));
-    const back = await restoreSpinTokens(tokens, BENCH_SPIN_TOKENS);
+    const back = await restoreSpinTokens(tokens, o.spinTokens);
     if (back > 0) note(`${back} spin token(s) were not returned; returned`);
   }
   if (skippedGroups.length > 0) note(`time budget (${o.budgetS} s) ran out: skipped frame sizes ${skippedGroups.join(', ')}`);
@@ -780,7 +783,7 @@ export async function benchNet(argv: string[]): Promise<number> {
     machine,
     config: {
       command: 'pvio bench net', argv, quick: o.quick, rounds: o.rounds, windowMs: o.windowMs, steps: o.steps, warmupMs: o.warmupMs,
-      budgetS: o.budgetS, frames: o.frames, spinTokens: BENCH_SPIN_TOKENS,
+      budgetS: o.budgetS, frames: o.frames, spinTokens: o.spinTokens,
       pvio: {
         variants: variants.map(([m, q]) => `${m} q${q}`), negotiated: pvio.negotiated,
         topology: 'two guests (1 vCPU per queue, 64 MiB) with one vif each on their own dom0 bridge; dom0 1 vCPU; the hypervisor a fourth thread',

@@ -41,6 +41,8 @@ describe('pvio bench net', () => {
     expect(parseBenchNetArgs(['--frames', '64,1500']).frames).toEqual([64, 1500]);
     expect(() => parseBenchNetArgs(['--frames', '10'])).toThrow(/--frames/);
     expect(() => parseBenchNetArgs(['--rounds', '0'])).toThrow(/--rounds/);
+    expect(parseBenchNetArgs(['--spin-tokens', '1']).spinTokens).toBe(1);
+    expect(parseBenchNetArgs([]).spinTokens).toBe(2);
     expect(await benchNet(['--bogus'])).toBe(2);
     expect(BENCH_NET_USAGE).toMatch(/pvio bench net/);
   });
