@@ -33,7 +33,7 @@ import {
   NETTXF_extra_info, NETTXF_more_data, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_GSO_TYPE_TCPV4,
   XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_GSO_TYPE_TCPV6, XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN,
 } from '../rings/netif.ts';
-import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
+import { GNTST, PAGE_SHIFT, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
 import type { EventChannels } from '../event-channel/evtchn.ts';
 import type { CopyRequest, GrantTable } from '../grant-table/gnttab.ts';
 import type { GuestExtent, GuestMemory } from '../hypervisor/guest-memory.ts';
@@ -210,8 +210,8 @@ export class NetbackQueue {
   private txAt = 0;
   private readonly rxPending: RxPending[] = [];
   private readonly rxCopies: CopyRequest[] = [];
-  /** Pages of the rx bounce used by the batch. */
-  private rxPages = 0;
+  /** Bytes of the rx bounce used by the batch (small frames share a page; no part crosses one). */
+  private rxAt = 0;
   private credit: number;
   private creditTimer: NodeJS.Timeout | null = null;
   private dead = false;
@@ -258,7 +258,7 @@ export class NetbackQueue {
       const need = frame.length <= PAGE_SIZE ? 1 : Math.ceil(frame.length / PAGE_SIZE);
       try {
         if (this.rx.unconsumedRequests() >= need) {
-          if (!this.o.persistent && this.rxPages + need > 1 << BOUNCE_ORDER) this.flushRx();
+          if (!this.o.persistent && !this.rxFits(frame.length, need)) this.flushRx();
           this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
           this.rxUnpushed = true;
           this.o.kick();
@@ -574,7 +574,7 @@ export class NetbackQueue {
       if (ring.unconsumedRequests() < need) break; // wait for the frontend's buffers
       this.rxQueue.shift();
       this.rxQueueBytes -= frame.length;
-      if (!this.o.persistent && this.rxPages + need > 1 << BOUNCE_ORDER) this.flushRx();
+      if (!this.o.persistent && !this.rxFits(frame.length, need)) this.flushRx();
       this.rxFrame(frame, csumBlank && this.o.csumOffload, need);
       this.frags.release(chunk); // written into the guest's buffers (or the bounce): its bytes may be reused
       sent++;
@@ -593,8 +593,9 @@ export class NetbackQueue {
 
   /**
    * Takes the next `need` rx buffers for one frame: persistent mode copies into the
-   * kept mappings at once; copy mode stages the frame in the bounce (a page per slot)
-   * and queues the grant copies for {@link flushRx}.
+   * kept mappings at once; copy mode stages the frame in the bounce (small frames
+   * packed several to a page, no part crossing one) and queues the grant copies for
+   * {@link flushRx}.
    */
   private rxFrame(frame: Uint8Array, csumBlank: boolean, need: number): void {
     if (this.o.persistent) {
@@ -614,14 +615,33 @@ export class NetbackQueue {
         if (page) page.set(part);
         else p.bad = true;
       } else {
-        const pg = this.rxPages++;
-        bounce!.bytes.set(part, pg * PAGE_SIZE);
-        this.rxCopies.push({ source: { mfn: bounce!.mfn + pg, offset: 0 }, dest: { ref: gref as GrantRef, domid: this.o.frontDomid, offset: 0 }, len: part.length });
+        const at = this.rxPlace(part.length);
+        bounce!.bytes.set(part, at);
+        this.rxCopies.push({ source: { mfn: bounce!.mfn + (at >> PAGE_SHIFT), offset: at & (PAGE_SIZE - 1) }, dest: { ref: gref as GrantRef, domid: this.o.frontDomid, offset: 0 }, len: part.length });
         p.copies++;
       }
     }
     this.counters.rxSlots += need;
     this.rxPending.push(p);
+  }
+
+  /** Whether a frame of `len` bytes in `need` parts (of up to a page each) still fits in the rx bounce. */
+  private rxFits(len: number, need: number): boolean {
+    let at = this.rxAt;
+    for (let i = 0; i < need; i++) {
+      const n = Math.min(PAGE_SIZE, len - i * PAGE_SIZE);
+      if ((at & (PAGE_SIZE - 1)) + n > PAGE_SIZE) at = (at + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1);
+      at += n;
+    }
+    return at <= BOUNCE_BYTES;
+  }
+
+  /** Claims `len` bytes (≤ a page) of the rx bounce that do not cross a page (a grant copy may not). @returns their offset. */
+  private rxPlace(len: number): number {
+    let at = this.rxAt;
+    if ((at & (PAGE_SIZE - 1)) + len > PAGE_SIZE) at = (at + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1);
+    this.rxAt = (at + len + 7) & ~7;
+    return at;
   }
 
   /**
@@ -696,7 +716,7 @@ export class NetbackQueue {
     }
     this.rxPending.length = 0;
     this.rxCopies.length = 0;
-    this.rxPages = 0;
+    this.rxAt = 0;
   }
 
   /** A persistent mapping of the frontend's `gref` (made on first use, kept until close). */
