@@ -46,7 +46,7 @@ import { SpinTokens } from '../hypervisor/spin.ts';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
 import {
-  BENCH_SPIN_TOKENS, BenchWorker, machineInfo, meets, median, pairwiseRatioMedian, pairwiseRatios, percentile,
+  BENCH_SPIN_TOKENS, BenchWorker, formatSig, machineInfo, meets, median, pairwiseRatioMedian, pairwiseRatios, percentile,
   parseBenchArgs, restoreSpinTokens, svgChart, type ChartSeries, type MachineInfo, type RatioResult,
 } from './harness.ts';
 import { NbdSuite, type NbdImpl } from './blk-nbd.ts';
@@ -703,16 +703,7 @@ function computeRatios(outcomes: readonly Outcome[], rounds: number, plannedLabe
 // ---------------------------------------------------------------------------
 // Formatting
 
-function fmt(x: number | null | undefined, digits = 3): string {
-  if (x === null || x === undefined || !Number.isFinite(x)) return '–';
-  if (x === 0) return '0';
-  const a = Math.abs(x);
-  if (a >= 1e6) return `${(x / 1e6).toPrecision(digits)} M`;
-  if (a >= 1e4) return `${(x / 1e3).toPrecision(digits)} k`;
-  if (a >= 100) return x.toFixed(0);
-  if (a >= 0.001) return x.toPrecision(digits);
-  return x.toExponential(2);
-}
+const fmt = formatSig;
 
 /** The rows as a Markdown table. */
 export function markdownRows(rows: readonly BlkRow[]): string {

@@ -631,6 +631,21 @@ export function writeJsonReport(file: string, report: BenchReport): void {
 // ---------------------------------------------------------------------------
 // Formatting
 
+/**
+ * A number for a table: `12.3 M`, `456 k`, `789`, `1.23`, `1.23e-4` (`digits`
+ * significant digits, default 3); `–` for null, undefined or not finite.
+ */
+export function formatSig(x: number | null | undefined, digits = 3): string {
+  if (x === null || x === undefined || !Number.isFinite(x)) return '–';
+  if (x === 0) return '0';
+  const a = Math.abs(x);
+  if (a >= 1e6) return `${(x / 1e6).toPrecision(digits)} M`;
+  if (a >= 1e4) return `${(x / 1e3).toPrecision(digits)} k`;
+  if (a >= 100) return x.toFixed(0);
+  if (a >= 0.001) return x.toPrecision(digits);
+  return x.toExponential(2);
+}
+
 /** `12.3 M`, `456 k`, `789` (3 significant digits). */
 export function formatRate(x: number | null): string {
   if (x === null || !Number.isFinite(x)) return '–';

@@ -43,7 +43,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { SpinTokens } from '../hypervisor/spin.ts';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import {
-  BENCH_SPIN_TOKENS, BenchWorker, machineInfo, median, meets, pairwiseRatios, parseBenchArgs, restoreSpinTokens, svgChart,
+  BENCH_SPIN_TOKENS, BenchWorker, formatSig, machineInfo, median, meets, pairwiseRatios, parseBenchArgs, restoreSpinTokens, svgChart,
   type ChartSeries, type MachineInfo, type RatioResult,
 } from './harness.ts';
 import type { NetGuestInfo, RxResult, TxArgs, TxResult } from './guests/net-guest.ts';
@@ -631,17 +631,7 @@ function computeRatios(outcomes: readonly Outcome[], rounds: number, rows: reado
   return out;
 }
 
-/** `12.3 M`, `456 k`, `78.9` (3 significant digits); `–` for null. */
-function fmt(x: number | null | undefined, digits = 3): string {
-  if (x === null || x === undefined || !Number.isFinite(x)) return '–';
-  if (x === 0) return '0';
-  const a = Math.abs(x);
-  if (a >= 1e6) return `${(x / 1e6).toPrecision(digits)} M`;
-  if (a >= 1e4) return `${(x / 1e3).toPrecision(digits)} k`;
-  if (a >= 100) return x.toFixed(0);
-  if (a >= 0.001) return x.toPrecision(digits);
-  return x.toExponential(2);
-}
+const fmt = formatSig;
 
 /** The rows as a Markdown table. */
 export function markdownNetRows(rows: readonly NetRow[]): string {

@@ -145,16 +145,16 @@ export function benchFrame(dst: string, src: string, bytes: number): Uint8Array 
   return f;
 }
 
-/** Writes a u32 little-endian at `off`. */
-function putU32(b: Uint8Array, off: number, v: number): void {
+/** Writes a u32 little-endian at `off` (bytes) of `b`. */
+export function putU32(b: Uint8Array, off: number, v: number): void {
   b[off] = v & 0xff;
   b[off + 1] = (v >>> 8) & 0xff;
   b[off + 2] = (v >>> 16) & 0xff;
   b[off + 3] = (v >>> 24) & 0xff;
 }
 
-/** Reads a u32 little-endian at `off`. */
-function getU32(b: Uint8Array, off: number): number {
+/** Reads a u32 little-endian at `off` (bytes) of `b`. */
+export function getU32(b: Uint8Array, off: number): number {
   return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
 }
 

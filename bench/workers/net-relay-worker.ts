@@ -49,7 +49,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import { serve, WAIT_SLICE_MS, type WorkerRequest } from './common.ts';
 import { rxQueueCapacity } from '../../netback/netback.ts';
-import { BENCH_ETHERTYPE, FRAME_RUN_ID, FRAME_SEQ, MIN_BENCH_FRAME, benchFrame, floodBatch } from '../guests/net-guest.ts';
+import { BENCH_ETHERTYPE, FRAME_RUN_ID, FRAME_SEQ, MIN_BENCH_FRAME, benchFrame, floodBatch, getU32, putU32 } from '../guests/net-guest.ts';
 
 /** Words per control slot: 16 × 4 bytes, one cache line each. */
 const STRIDE = 16;
@@ -214,17 +214,6 @@ export interface RelayRxResult {
 // ---------------------------------------------------------------------------
 // Shared helpers
 
-function putU32(b: Uint8Array, off: number, v: number): void {
-  b[off] = v & 0xff;
-  b[off + 1] = (v >>> 8) & 0xff;
-  b[off + 2] = (v >>> 16) & 0xff;
-  b[off + 3] = (v >>> 24) & 0xff;
-}
-
-function getU32(b: Uint8Array, off: number): number {
-  return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
-}
-
 /** A 48-bit MAC at `at` as a number (exact in a double), as netback/bridge.ts keys it. */
 function macKey(f: Uint8Array, at: number): number {
   return ((f[at] * 256 + f[at + 1]) * 65536 + (f[at + 2] * 256 + f[at + 3])) * 65536 + (f[at + 4] * 256 + f[at + 5]);
@@ -310,11 +299,13 @@ interface EndMarker {
   readonly end: true;
 }
 
-function mpSender(s: MpState, a: RelayTxArgs): RelayTxResult {
-  const port = s.setup.outPort!;
-  const ctl = s.ctl;
-  const transfer = s.setup.mode === 'transfer';
-  const maxOut = s.setup.ingressFrames!;
+/**
+ * The pacing loop both senders share: frame n (its sequence number written) is handed
+ * to `put` when due (see {@link Pacer}); `put` sends it, blocking while there is no
+ * room, and returns how many times it blocked.
+ */
+function paceFrames(a: RelayTxArgs, put: (frame: Uint8Array, p: Pacer) => number):
+  { sent: number; scheduled: number; elapsedMs: number; blocked: number } {
   const frame = benchFrame(a.dst, a.src, a.frameBytes);
   putU32(frame, FRAME_RUN_ID, a.runId);
   const p = new Pacer(a.rate, a.ms, a.deadlineMs, a.frameBytes);
@@ -330,34 +321,49 @@ function mpSender(s: MpState, a: RelayTxArgs): RelayTxResult {
       continue;
     }
     while (sent < due) {
-      // Ingress full: ask to be woken when a quarter of it is free, re-check, sleep.
-      let taken = Atomics.load(ctl, RELAY_CTL.TAKEN);
-      while (sent - taken >= maxOut) {
-        const target = sent - maxOut + Math.max(1, maxOut >> 2);
-        Atomics.store(ctl, RELAY_CTL.WAKE_AT, target);
-        taken = Atomics.load(ctl, RELAY_CTL.TAKEN);
-        if (taken < target) {
-          blocked++;
-          Atomics.wait(ctl, RELAY_CTL.TAKEN, taken, WAIT_SLICE_MS);
-        }
-        taken = Atomics.load(ctl, RELAY_CTL.TAKEN);
-        if (performance.now() > p.giveUp) throw new Error('messageport sender: the middle took nothing before the deadline');
-      }
       putU32(frame, FRAME_SEQ, sent);
-      if (transfer) {
-        const buf = new ArrayBuffer(frame.length);
-        new Uint8Array(buf).set(frame);
-        port.postMessage(buf, [buf]);
-      } else {
-        port.postMessage(frame);
-      }
+      blocked += put(frame, p);
       sent++;
     }
     last = performance.now();
   }
+  return { sent, scheduled: p.flood ? sent : p.scheduled, elapsedMs: last - p.t0, blocked };
+}
+
+function mpSender(s: MpState, a: RelayTxArgs): RelayTxResult {
+  const port = s.setup.outPort!;
+  const ctl = s.ctl;
+  const transfer = s.setup.mode === 'transfer';
+  const maxOut = s.setup.ingressFrames!;
+  let sent = 0;
+  const r = paceFrames(a, (frame, p) => {
+    let blocked = 0;
+    // Ingress full: ask to be woken when a quarter of it is free, re-check, sleep.
+    let taken = Atomics.load(ctl, RELAY_CTL.TAKEN);
+    while (sent - taken >= maxOut) {
+      const target = sent - maxOut + Math.max(1, maxOut >> 2);
+      Atomics.store(ctl, RELAY_CTL.WAKE_AT, target);
+      taken = Atomics.load(ctl, RELAY_CTL.TAKEN);
+      if (taken < target) {
+        blocked++;
+        Atomics.wait(ctl, RELAY_CTL.TAKEN, taken, WAIT_SLICE_MS);
+      }
+      taken = Atomics.load(ctl, RELAY_CTL.TAKEN);
+      if (performance.now() > p.giveUp) throw new Error('messageport sender: the middle took nothing before the deadline');
+    }
+    if (transfer) {
+      const buf = new ArrayBuffer(frame.length);
+      new Uint8Array(buf).set(frame);
+      port.postMessage(buf, [buf]);
+    } else {
+      port.postMessage(frame);
+    }
+    sent++;
+    return blocked;
+  });
   Atomics.store(ctl, RELAY_CTL.WAKE_AT, 0);
   port.postMessage({ end: true } satisfies EndMarker);
-  return { sent, scheduled: p.flood ? sent : p.scheduled, elapsedMs: last - p.t0, notifications: 0, blocked };
+  return { ...r, notifications: 0 };
 }
 
 /** Installs the middle's message handler (once); runs are collected with `arm`/`collect`. */
@@ -572,35 +578,19 @@ class RingConsumer extends RingEnd {
 
 function ringSender(s: RelaySetup, a: RelayTxArgs): RelayTxResult {
   const out = new RingProducer(s.outRing!);
-  const frame = benchFrame(a.dst, a.src, a.frameBytes);
-  putU32(frame, FRAME_RUN_ID, a.runId);
-  const p = new Pacer(a.rate, a.ms, a.deadlineMs, a.frameBytes);
-  let sent = 0;
-  let last = p.t0;
-  let blocked = 0;
-  for (;;) {
-    const now = performance.now();
-    const due = p.due(sent, now);
-    if (due < 0) break;
-    if (sent >= due) {
-      p.sleepUntil(sent, now);
-      continue;
-    }
-    while (sent < due) {
-      putU32(frame, FRAME_SEQ, sent);
-      while (!out.write(frame, 0, frame.length)) {
-        out.publish();
-        blocked++;
-        out.waitForSpace(WAIT_SLICE_MS);
-        if (performance.now() > p.giveUp) throw new Error('minimal ring sender: no room before the deadline');
-      }
-      sent++;
+  const r = paceFrames(a, (frame, p) => {
+    let blocked = 0;
+    while (!out.write(frame, 0, frame.length)) {
       out.publish();
+      blocked++;
+      out.waitForSpace(WAIT_SLICE_MS);
+      if (performance.now() > p.giveUp) throw new Error('minimal ring sender: no room before the deadline');
     }
-    last = performance.now();
-  }
+    out.publish();
+    return blocked;
+  });
   out.finish();
-  return { sent, scheduled: p.flood ? sent : p.scheduled, elapsedMs: last - p.t0, notifications: out.notifications, blocked };
+  return { ...r, notifications: out.notifications };
 }
 
 /** Records the middle takes per pass before it publishes to the receiver. */
