@@ -15,7 +15,8 @@
  *   bench/workers/net-relay-worker.ts, three workers.
  *
  * Frames: 64 bytes (packets per second), 1500 bytes (Gbit/s), 65535 bytes — the
- * largest netif packet, "64 KiB", with `feature-sg` (16 slots each). Ethernet header,
+ * largest netif packet, "64 KiB", with `feature-sg` (16 slots each; pvio sends them as
+ * GSO frames: a `XEN_NETIF_GSO_TYPE_TCPV4` extra-info slot, MSS 1460). Ethernet header,
  * ethertype 0x88b5, run id and sequence number, filler.
  *
  * One **window** offers frames at a rate for `--window` ms (or floods: back to back,
@@ -777,6 +778,7 @@ export async function benchNet(argv: string[]): Promise<number> {
       pvio: {
         variants: variants.map(([m, q]) => `${m} q${q}`), negotiated: pvio.negotiated,
         topology: 'two guests (1 vCPU per queue, 64 MiB) with one vif each on their own dom0 bridge; dom0 1 vCPU; the hypervisor a fourth thread',
+        gso: 'frames over the MTU are sent with a GSO extra-info slot (XEN_NETIF_GSO_TYPE_TCPV4, MSS = MTU − 40), answered NETIF_RSP_NULL',
         rings: 'netif tx and rx rings of one page (256 slots) per queue; netback rx queue 512 KiB of frames (at least 1000 frames, at most 8192); netfront rx queue 4096 frames',
       },
       baselines: {
