@@ -33,7 +33,7 @@ import {
   BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_DISCARD, BLKIF_OP_RESERVED_1,
   BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP, VDISK_READONLY,
 } from '../rings/blkif.ts';
-import { rpcGuest, guestPath, eventually, domainInfo } from './helpers.ts';
+import { rpcGuest, guestPath, eventually, domainInfo, captureDom0Console } from './helpers.ts';
 import type { RawRequest, RawResponse, RawSegment } from './guests/hostile-blkfront.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pvio-hostile-'));
@@ -149,19 +149,7 @@ const wr = (id: number, sector: number, segs: RawSegment[], nrSegments?: number)
 const seg = (gref: number, first = 0, last = 7): RawSegment => ({ gref, first, last });
 
 beforeAll(async () => {
-  // dom0's own console is its worker's stdout, which reaches this process's stdout.
-  const write = process.stdout.write.bind(process.stdout);
-  let partial = '';
-  process.stdout.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    partial += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
-    const lines = partial.split('\n');
-    partial = lines.pop()!;
-    for (const l of lines) if (l.includes('(Domain-0)')) dom0Lines.push(l);
-    return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stdout.write;
-  restoreStdout = () => {
-    process.stdout.write = write;
-  };
+  restoreStdout = captureDom0Console(dom0Lines);
 
   m = await Machine.boot({ requestTimeoutMs: 10_000, onConsole: () => {} });
   const by = image('bystander.img', DISK_BYTES);

@@ -50,3 +50,23 @@ export function randomImage(dir: string, name: string, bytes: number): { path: s
   writeFileSync(path, data);
   return { path, data };
 }
+
+/**
+ * Collects dom0's console lines (its worker's stdout reaches this process's stdout,
+ * each line tagged `(Domain-0)`) into `lines`, while still printing everything.
+ * @returns a function that puts `process.stdout.write` back.
+ */
+export function captureDom0Console(lines: string[]): () => void {
+  const write = process.stdout.write.bind(process.stdout);
+  let partial = '';
+  process.stdout.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    partial += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
+    const split = partial.split('\n');
+    partial = split.pop()!;
+    for (const l of split) if (l.includes('(Domain-0)')) lines.push(l);
+    return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stdout.write;
+  return () => {
+    process.stdout.write = write;
+  };
+}

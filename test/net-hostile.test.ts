@@ -67,7 +67,7 @@ import {
   XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_TYPE_HASH, XEN_NETIF_EXTRA_TYPE_NONE,
   XEN_NETIF_GSO_TYPE_TCPV4,
 } from '../rings/netif.ts';
-import { guestPath, eventually, domainInfo } from './helpers.ts';
+import { guestPath, eventually, domainInfo, captureDom0Console } from './helpers.ts';
 import type { FloodPacket, RawExtra, RawRxResponse, RawSlot, RawTxRequest, RawTxResponse } from './guests/hostile-netfront.ts';
 
 /** A grant ref the hostile guest never grants (its table has 32768 entries; it grants a few dozen). */
@@ -282,19 +282,7 @@ async function expectFatal(devid: number, msg: RegExp, attack: () => Promise<voi
 }
 
 beforeAll(async () => {
-  // dom0's own console is its worker's stdout, which reaches this process's stdout.
-  const w = process.stdout.write.bind(process.stdout);
-  let partial = '';
-  process.stdout.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-    partial += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
-    const lines = partial.split('\n');
-    partial = lines.pop()!;
-    for (const l of lines) if (l.includes('(Domain-0)')) dom0Lines.push(l);
-    return (w as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-  }) as typeof process.stdout.write;
-  restoreStdout = () => {
-    process.stdout.write = w;
-  };
+  restoreStdout = captureDom0Console(dom0Lines);
 
   m = await Machine.boot({ requestTimeoutMs: 10_000, onConsole: () => {} });
   const bystander = (name: string) => m.createGuest({ name, memoryMiB: 32, vcpus: 1, kernel: guestPath('net-bystander.ts'), vifs: [{}] });
