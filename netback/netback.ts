@@ -305,25 +305,33 @@ export class NetbackQueue {
   private serveTx(): boolean {
     const ring = this.tx;
     let done = 0;
-    let avail = ring.unconsumedRequests();
-    while (done < TX_BATCH && avail > 0) {
-      const n = this.gather(avail); // a packet published in part is a protocol error
-      if (this.slotDv[0].getUint16(TX.size.offset, true) > this.credit) {
-        this.stallOnCredit();
-        return false;
+    let stalled = false;
+    try {
+      let avail = ring.unconsumedRequests();
+      while (done < TX_BATCH && avail > 0) {
+        const n = this.gather(avail); // a packet published in part is a protocol error
+        if (this.slotDv[0].getUint16(TX.size.offset, true) > this.credit) {
+          this.stallOnCredit();
+          stalled = true;
+          break;
+        }
+        ring.reqCons = (ring.reqCons + n) >>> 0; // consumed: the slots were copied by gather()
+        if (n === 1 && this.o.persistent) this.txSinglePersistent();
+        else this.txPacket(n);
+        done++;
+        avail -= n;
+        if (avail === 0) avail = ring.unconsumedRequests();
       }
-      ring.reqCons = (ring.reqCons + n) >>> 0; // consumed: the slots were copied by gather()
-      if (n === 1 && this.o.persistent) this.txSinglePersistent();
-      else this.txPacket(n);
-      done++;
-      avail -= n;
-      if (avail === 0) avail = ring.unconsumedRequests();
+    } finally {
+      // The packets taken are answered and handed on even when a later one was fatal or
+      // over the credit (Linux's xenvif_tx_action submits the packets built before it).
+      this.flushTx();
+      if (this.tx.pushResponsesAndCheckNotify()) {
+        this.counters.notificationsTx++;
+        this.evtchn.notify(this.o.txPort);
+      }
     }
-    this.flushTx();
-    if (this.tx.pushResponsesAndCheckNotify()) {
-      this.counters.notificationsTx++;
-      this.evtchn.notify(this.o.txPort);
-    }
+    if (stalled) return false;
     return done === TX_BATCH ? true : ring.finalCheckForRequests();
   }
 

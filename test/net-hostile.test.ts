@@ -42,7 +42,9 @@
 // - a producer index beyond the ring: tx (.5) and rx (.6) → fatal;
 // - a packet published only in part (its last published slot says more_data, .7; or
 //   its first slot says extra_info and nothing follows, .8): fatal, as in Linux ("Asked
-//   for N slots but exceeds this limit", "Missing extra info"). netback used to wait for
+//   for N slots but exceeds this limit", "Missing extra info"); a good packet published
+//   ahead of it in the same batch is still answered OKAY and forwarded, as Linux submits
+//   the packets built before a fatal one. netback used to wait for
 //   the rest by reporting work left after every pass, so one such slot kept dom0's vCPU
 //   re-serving (and re-copying) the queue ~200 000 times a second;
 // - a double fetch: a published slot rewritten while netback serves it; each round gets
@@ -246,7 +248,12 @@ async function underAttack<T>(what: string, fn: () => Promise<T>): Promise<T> {
  * offending slots unanswered, and nothing more consumed afterwards, whatever the guest
  * publishes or however often it notifies.
  */
-async function expectFatal(devid: number, msg: RegExp, attack: () => Promise<void>): Promise<void> {
+/**
+ * A fatal case on vif `devid`: `attack` makes netback disable it with `msg`; `before`
+ * frames are good packets the attack published ahead of the fatal one, which netback
+ * still answers (OKAY) and forwards, as Linux submits the packets built before it.
+ */
+async function expectFatal(devid: number, msg: RegExp, attack: () => Promise<void>, before: number[][] = []): Promise<void> {
   await underAttack(`fatal case on vif ${devid}`, async () => {
     const good = packet(10, [{ gref: grefs[`h${devid}`], len: 60 }]);
     expectStatuses(await tx(devid, good), good, () => NETIF_RSP_OKAY);
@@ -257,6 +264,9 @@ async function expectFatal(devid: number, msg: RegExp, attack: () => Promise<voi
     await eventually(async () => (await stats(devid)).protocolError, 5000, `protocol error on vif ${devid}`);
     const dead = await stats(devid);
     expect(dead.protocolError).toMatch(msg);
+    const iDead = await indices(devid);
+    expect(iDead.tx.rspProd - i0.tx.rspProd).toBe(before.length); // the packets ahead of the fatal one, answered
+    await expectDelivered(before);
     expect(dead.passes - s0.passes).toBeLessThan(50); // a few passes, no spinning on the bad ring
     expect(dead.state).toBe('Connected'); // as Linux: the vif is disabled, the XenBus state stays
     // The guest keeps notifying and publishes a well-formed packet (and plausible
@@ -275,7 +285,7 @@ async function expectFatal(devid: number, msg: RegExp, attack: () => Promise<voi
       expect(after[key], key).toBe(dead[key]);
     }
     const i1 = await indices(devid);
-    expect(i1.tx.rspProd).toBe(i0.tx.rspProd); // nothing answered after the good packet
+    expect(i1.tx.rspProd).toBe(iDead.tx.rspProd); // nothing answered after the vif was disabled
     expect(i1.rx.rspProd).toBe(i0.rx.rspProd);
     await expectDelivered([]);
   });
@@ -640,11 +650,12 @@ describe('netback against a hostile frontend', () => {
     });
 
     it('a packet published in part (its last published slot says more_data) is fatal, and netback never spins on it', async () => {
+      const ahead = packet(25, [{ gref: grefs.h7, len: 60 }]);
       await expectFatal(7, /slots run past req_prod \(published in part\)/, async () => {
         const p = packet(30, [{ gref: grefs.h7, len: 50 }, { gref: grefs.f0, len: 50 }, { gref: grefs.f1, len: 50 }]);
-        // Only the first two slots published: the second one says more follows.
-        await h.call('txSubmit', { devid: 7, slots: p.slice(0, 2) });
-      });
+        // A good packet, then only the first two slots of the next: the second says more follows.
+        await h.call('txSubmit', { devid: 7, slots: [...ahead, ...p.slice(0, 2)] });
+      }, [frameOf(ahead)]);
     });
 
     it('an extra-info chain published in part (the first slot says extra_info, nothing follows) is fatal too', async () => {
