@@ -11,7 +11,7 @@ register();
 const api = await import(new URL('./toolstack/api.ts', import.meta.url).href);
 
 export const {
-  Machine, MachineError, dom0Vif,
+  Machine, MachineError, dom0Vif, XenbusState,
   ConfigError, parseConfig, loadConfig, parseDiskSpec, parseVifSpec, DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU,
   PvioError, ProtocolError, TimeoutError, InvariantError,
 } = api;

@@ -69,6 +69,30 @@ describe('xenstored operations', () => {
     expect(await d1.getDomainPath(7)).toBe('/local/domain/7');
   });
 
+  it('the change listener sees each committed change at once, a transaction at its commit, with its committed value', async () => {
+    const { xs, dom0 } = setup();
+    const seen: Array<[string, string | undefined]> = [];
+    const value = (p: string) => {
+      const n = xs.inspect(p);
+      return n ? new TextDecoder().decode(n.value) : undefined;
+    };
+    xs.setChangeListener((paths) => {
+      for (const p of paths) if (p.endsWith('/state')) seen.push([p, value(p)]);
+    });
+    await dom0.write('/local/domain/1/device/vbd/768/state', '1');
+    await dom0.write('/local/domain/1/device/vbd/768/state', '3');
+    await dom0.transaction(async (tx) => {
+      await tx.write('/local/domain/1/device/vbd/768/state', '5');
+      await tx.write('/local/domain/1/device/vbd/768/state', '4');
+      expect(seen).toHaveLength(2); // nothing until the commit
+    });
+    await dom0.rm('/local/domain/1/device/vbd');
+    xs.setChangeListener(null);
+    await dom0.write('/local/domain/1/device/vbd/768/state', '6');
+    const p = '/local/domain/1/device/vbd/768/state';
+    expect(seen).toEqual([[p, '1'], [p, '3'], [p, '4'], [p, undefined]]);
+  });
+
   it('reports ENOENT, readOptional gives undefined, mkdir is idempotent', async () => {
     const { d1 } = setup();
     await expect(d1.read('nope')).rejects.toMatchObject(xsErr('ENOENT'));

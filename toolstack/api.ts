@@ -17,7 +17,8 @@
  * are in `k.devices`, already connected; `k.args` is what `GuestSpec.args` carried.
  */
 export { Machine, MachineError, dom0Vif } from './machine.ts';
-export type { DomainExit, GuestHandle, GuestSpec, MachineOptions } from './machine.ts';
+export type { DomainEvent, DomainExit, GuestHandle, GuestSpec, MachineEvents, MachineOptions, MachineSnapshot, XenbusEvent } from './machine.ts';
+export { XenbusState } from '../xenstore/xenbus.ts';
 export { ConfigError, parseConfig, loadConfig, parseDiskSpec, parseVifSpec, DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU } from './config.ts';
 export type { DiskSpec, DomainConfig, VifSpec, VifRate } from './config.ts';
 export { PvioError, ProtocolError, TimeoutError, InvariantError } from '../rings/errors.ts';

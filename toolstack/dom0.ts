@@ -38,6 +38,7 @@ export type Dom0Request =
   | { type: 'release'; reqId: number; domid: number }
   | { type: 'stats'; reqId: number }
   | { type: 'console'; reqId: number; forward: boolean }
+  | { type: 'watchXenbus'; reqId: number }
   | { type: 'shutdown'; reqId: number };
 
 /** A vif as the toolstack asks dom0 to attach it (defaults filled in). */
@@ -64,6 +65,8 @@ export interface Dom0Vif {
 export type Dom0Reply =
   | { type: 'ready' }
   | { type: 'console'; domain: string; line: string }
+  /** A device's XenbusState changed (`watchXenbus`): `path` is its `.../state` node; `state` null once removed. */
+  | { type: 'xenbus'; path: string; state: number | null }
   | { type: 'reply'; reqId: number; ok: true; value: unknown }
   | { type: 'reply'; reqId: number; ok: false; error: string };
 
@@ -97,6 +100,34 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   let releaseDomainEvents = 0;
   /** When set, guest console lines go to the toolstack (which shares the terminal with a progress bar). */
   let forwardConsole = false;
+  /**
+   * Reports every change of a device's `state` node (frontend
+   * `/local/domain/<d>/device/<type>/<id>/state`, backend
+   * `/local/domain/0/backend/<type>/<d>/<id>/state`) to the toolstack, once asked:
+   * xenstored's change listener sees each committed change synchronously, so every
+   * state a driver writes is reported, in order (a watch would re-read later and
+   * could skip one).
+   */
+  let watchingXenbus = false;
+  const lastStates = new Map<string, number | null>();
+  const STATE_PATH = /^\/local\/domain\/\d+\/(device\/[a-z]+\/\d+|backend\/[a-z]+\/\d+\/\d+)\/state$/;
+  const decoder = new TextDecoder();
+  function watchXenbus(): void {
+    if (watchingXenbus) return;
+    watchingXenbus = true;
+    xenstored.setChangeListener((paths) => {
+      for (const path of paths) {
+        if (!STATE_PATH.test(path)) continue;
+        const node = xenstored.inspect(path);
+        const v = node ? Number(decoder.decode(node.value)) : NaN;
+        const st = Number.isInteger(v) ? v : null;
+        if (lastStates.get(path) === st) continue;
+        if (st === null) lastStates.delete(path);
+        else lastStates.set(path, st);
+        k.control!.postMessage({ type: 'xenbus', path, state: st } satisfies Dom0Reply);
+      }
+    });
+  }
   const emit = (name: string, line: string) => {
     consoleCounters.lines++;
     if (forwardConsole) k.control!.postMessage({ type: 'console', domain: name, line } satisfies Dom0Reply);
@@ -332,6 +363,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             for (const b of bridges.values()) b.setCapture(capture);
             break;
           case 'console': forwardConsole = req.forward; break;
+          case 'watchXenbus': watchXenbus(); break;
           case 'shutdown':
             for (const g of [...guests.values()]) await teardownGuest(g);
             capture?.close();

@@ -7,6 +7,8 @@
  * Control traffic (domctl-style requests to the hypervisor, commands to dom0, guest
  * results) travels by postMessage — it is not the data path.
  */
+import { EventEmitter } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -18,6 +20,7 @@ import type { HvMessage, HvRequest } from '../hypervisor/main.ts';
 import type { CreateDomainOptions } from '../hypervisor/hypervisor.ts';
 import { DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU, type DiskSpec, type VifSpec } from './config.ts';
 import type { Dom0Request, Dom0Reply, Dom0Vif } from './dom0.ts';
+import { XenbusState } from '../xenstore/xenbus.ts';
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
@@ -71,6 +74,57 @@ export interface GuestHandle {
    */
   call(op: string, args?: unknown, timeoutMs?: number): Promise<unknown>;
 }
+
+/** A domain's life, as {@link Machine} reports it (`m.on('domain', fn)`). */
+export interface DomainEvent {
+  readonly domid: number;
+  readonly name: string;
+  /** `created` (paused, devices being attached), `running`, `paused`, `exited`. */
+  readonly state: 'created' | 'running' | 'paused' | 'exited';
+  /** With `exited`: how it ended. */
+  readonly exit?: DomainExit;
+}
+
+/**
+ * A device's XenbusState changed (`m.on('xenbus', fn)`): the frontend's
+ * `/local/domain/<domid>/device/<type>/<devid>/state` or the backend's
+ * `/local/domain/<backend>/backend/<type>/<domid>/<devid>/state`.
+ * @see xen/include/public/io/xenbus.h
+ */
+export interface XenbusEvent {
+  /** The `state` node. */
+  readonly path: string;
+  readonly end: 'frontend' | 'backend';
+  /** Device type: `vbd`, `vif`, ... */
+  readonly type: string;
+  /** The guest the device belongs to (the frontend's domain). */
+  readonly domid: number;
+  /** The device id (`device/<type>/<devid>`). */
+  readonly devid: number;
+  /** The new state; null once the node was removed. */
+  readonly state: XenbusState | null;
+  /** `Initialising`, `InitWait`, `Initialised`, `Connected`, `Closing`, `Closed`, ... or `removed`. */
+  readonly stateName: string;
+}
+
+/** The events a {@link Machine} emits, by name. */
+export interface MachineEvents {
+  domain: DomainEvent;
+  xenbus: XenbusEvent;
+}
+
+/** One reading of every counter of a machine ({@link Machine.stats}). */
+export interface MachineSnapshot {
+  /** When it was taken: ms since the epoch. */
+  readonly at: number;
+  /** The hypervisor's counters: hypercalls by kind, grant maps, event channels, domains, frames. */
+  readonly hypervisor: Record<string, unknown>;
+  /** dom0's: per disk (blkback requests, bytes, notifications, latency), per vif (netback), bridges, xenstored, console. */
+  readonly dom0: Record<string, unknown>;
+}
+
+const FRONTEND_STATE = /^\/local\/domain\/(\d+)\/device\/([a-z]+)\/(\d+)\/state$/;
+const BACKEND_STATE = /^\/local\/domain\/\d+\/backend\/([a-z]+)\/(\d+)\/(\d+)\/state$/;
 
 /** Options of {@link Machine.boot}. */
 export interface MachineOptions {
@@ -144,6 +198,8 @@ export class Machine {
   private closed = false;
   private readonly timeoutMs: number;
   private readonly consoleSink: MachineOptions['onConsole'];
+  private readonly events = new EventEmitter();
+  private xenbusWatch: Promise<void> | null = null;
 
   private constructor(private readonly hv: Worker, private readonly dom0Port: MessagePort, opts: MachineOptions) {
     this.timeoutMs = opts.requestTimeoutMs ?? 30_000;
@@ -208,16 +264,22 @@ export class Machine {
       if (!e) return;
       this.exits.delete(msg.domid);
       const crashed = msg.reason === SHUTDOWN.crash || e.error !== undefined;
-      e.resolve({
+      const exit: DomainExit = {
         domid: msg.domid, name: e.name, reason: crashed ? SHUTDOWN.crash : msg.reason, value: e.value,
         error: e.error ?? (msg.reason === SHUTDOWN.crash ? (msg.error ?? 'crashed') : undefined),
-      });
+      };
+      e.resolve(exit);
+      this.emitDomain({ domid: msg.domid, name: e.name, state: 'exited', exit });
     }
   }
 
   private onDom0Message(msg: Dom0Reply): void {
     if (msg.type === 'console') {
       this.consoleSink?.(msg.domain, msg.line);
+      return;
+    }
+    if (msg.type === 'xenbus') {
+      this.emitXenbus(msg.path, msg.state);
       return;
     }
     if (msg.type !== 'reply') return;
@@ -278,6 +340,7 @@ export class Machine {
     }, [ctl.port2])) as { domid: number; store: { mfn: number; port: number }; console: { mfn: number; port: number } };
     const domid = created.domid;
     const exit = this.trackExit(domid, spec.name);
+    this.emitDomain({ domid, name: spec.name, state: 'created' });
     const rec = this.exits.get(domid)!;
     const calls = new Map<number, Pending>();
     let callId = 0;
@@ -325,17 +388,102 @@ export class Machine {
       throw e;
     }
     await this.hvRequest({ type: 'unpause', reqId: 0, domid });
+    this.emitDomain({ domid, name: spec.name, state: 'running' });
     return { domid, name: spec.name, exit, onMessage: (fn) => rec.listeners.push(fn), call };
   }
 
   /** Pauses a domain (as `xl pause`): it stops dispatching events; its hypercalls wait. */
   async pause(domid: number): Promise<void> {
     await this.hvRequest({ type: 'pause', reqId: 0, domid });
+    const e = this.exits.get(domid);
+    if (e) this.emitDomain({ domid, name: e.name, state: 'paused' });
   }
 
   /** Unpauses a domain (as `xl unpause`). */
   async unpause(domid: number): Promise<void> {
     await this.hvRequest({ type: 'unpause', reqId: 0, domid });
+    const e = this.exits.get(domid);
+    if (e) this.emitDomain({ domid, name: e.name, state: 'running' });
+  }
+
+  /**
+   * Calls `fn` on every event of that name: `domain` (a domain created, running,
+   * paused, exited) or `xenbus` (a device's XenbusState changed; the first `xenbus`
+   * listener arms dom0's watch, see {@link watchXenbus}). A listener that throws is
+   * reported on stderr and stays registered.
+   */
+  on<K extends keyof MachineEvents>(event: K, fn: (e: MachineEvents[K]) => void): this {
+    this.events.on(event, fn);
+    if (event === 'xenbus') void this.watchXenbus().catch((e: Error) => process.stderr.write(`pvio: xenbus events: ${e.message}\n`));
+    return this;
+  }
+
+  /** Removes a listener added with {@link on}. */
+  off<K extends keyof MachineEvents>(event: K, fn: (e: MachineEvents[K]) => void): this {
+    this.events.off(event, fn);
+    return this;
+  }
+
+  /**
+   * Arms dom0's watch on every device's `state` node; resolves once it is armed, so
+   * every change after that is reported as a `xenbus` event. Idempotent.
+   * @throws MachineError or TimeoutError when dom0 does not answer.
+   */
+  watchXenbus(): Promise<void> {
+    this.xenbusWatch ??= this.dom0Request({ type: 'watchXenbus' }).then(() => undefined);
+    return this.xenbusWatch;
+  }
+
+  /**
+   * Every counter of the machine, now: the hypervisor's and dom0's (per domain,
+   * disk, vif, bridge; see {@link MachineSnapshot}).
+   * @throws MachineError or TimeoutError when a worker does not answer.
+   */
+  async stats(): Promise<MachineSnapshot> {
+    const [hypervisor, dom0] = await Promise.all([this.hypervisorStats(), this.dom0Stats()]);
+    return { at: Date.now(), hypervisor, dom0 };
+  }
+
+  /**
+   * A snapshot of every counter every `intervalMs` ms (the first at once), until the
+   * machine shuts down or the caller stops iterating (`break`).
+   */
+  async *snapshots(intervalMs = 1000): AsyncGenerator<MachineSnapshot, void, undefined> {
+    while (!this.closed) {
+      let s: MachineSnapshot;
+      try {
+        s = await this.stats();
+      } catch (e) {
+        if (this.closed) return;
+        throw e;
+      }
+      yield s;
+      await sleep(intervalMs);
+    }
+  }
+
+  private emitDomain(e: DomainEvent): void {
+    this.emitSafely('domain', e);
+  }
+
+  private emitXenbus(path: string, state: number | null): void {
+    const f = FRONTEND_STATE.exec(path);
+    const b = f ? null : BACKEND_STATE.exec(path);
+    if (!f && !b) return;
+    const ev: XenbusEvent = f
+      ? { path, end: 'frontend', type: f[2], domid: Number(f[1]), devid: Number(f[3]), state, stateName: state === null ? 'removed' : XenbusState[state] ?? String(state) }
+      : { path, end: 'backend', type: b![1], domid: Number(b![2]), devid: Number(b![3]), state, stateName: state === null ? 'removed' : XenbusState[state] ?? String(state) };
+    this.emitSafely('xenbus', ev);
+  }
+
+  private emitSafely<K extends keyof MachineEvents>(event: K, e: MachineEvents[K]): void {
+    for (const fn of this.events.listeners(event)) {
+      try {
+        (fn as (x: MachineEvents[K]) => void)(e);
+      } catch (err) {
+        process.stderr.write(`pvio: a '${event}' listener threw: ${(err as Error)?.message ?? err}\n`);
+      }
+    }
   }
 
   /** Destroys a domain (as `xl destroy`). */
@@ -343,7 +491,6 @@ export class Machine {
     await this.hvRequest({ type: 'destroy', reqId: 0, domid });
   }
 
-  /** Hypervisor counters. */
   /**
    * Resizes a guest's disk (`xl block-resize`-like): the store grows or shrinks to
    * `sizeBytes` and blkback announces the new `sectors`; the frontend picks it up
@@ -353,6 +500,7 @@ export class Machine {
     await this.dom0Request({ type: 'resizeDisk', domid, vdev, sizeBytes });
   }
 
+  /** Hypervisor counters (hypercalls by kind, grant maps, event channels, domains). */
   async hypervisorStats(): Promise<Record<string, unknown>> {
     return (await this.hvRequest({ type: 'snapshot', reqId: 0 })) as Record<string, unknown>;
   }

@@ -447,6 +447,7 @@ export class Xenstored {
   private generation = 0;
   private nextTxId = 1;
   private readonly onIntroduce: XenstoredOptions['onIntroduce'];
+  private changeListener: ((paths: readonly string[]) => void) | null = null;
   private readonly onRelease: XenstoredOptions['onRelease'];
 
   /** Creates a daemon whose tree holds only `/`, owned by dom0 (`n0`). */
@@ -516,6 +517,16 @@ export class Xenstored {
   /** True when `domid` was introduced and not released since. */
   isIntroduced(domid: number): boolean {
     return this.introduced.has(domid);
+  }
+
+  /**
+   * Calls `fn` synchronously with the absolute paths (each once) of every committed
+   * change (a write, a removal, a permission change; a transaction's at its commit), before any
+   * watch event is sent, so {@link inspect} gives each path's value as committed; null
+   * removes the listener. A listener that throws is ignored.
+   */
+  setChangeListener(fn: ((paths: readonly string[]) => void) | null): void {
+    this.changeListener = fn;
   }
 
   /** A snapshot of the node at absolute `path`, or `undefined` (no permission check). */
@@ -932,6 +943,13 @@ export class Xenstored {
    */
   private fire(changes: readonly Change[]): void {
     if (changes.length === 0) return;
+    if (this.changeListener) {
+      try {
+        this.changeListener([...new Set(changes.map((c) => c.path))]);
+      } catch {
+        /* a listener's fault is its own: the store goes on */
+      }
+    }
     for (const st of [...this.conns]) {
       const sent = new Set<string>();
       for (const w of [...st.watches]) {
