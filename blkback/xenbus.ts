@@ -345,6 +345,20 @@ export class BlkbackDevice {
   }
 
   /**
+   * The toolstack detaches the disk while the guest runs (`xl block-detach`): the
+   * backend goes Closing, which asks the frontend to close; the frontend's Closing
+   * and Closed then take the backend to Closed ({@link frontendChanged}).
+   */
+  requestClose(): Promise<void> {
+    return new Promise((resolve) => {
+      this.serialize(async () => {
+        if (!this.destroyed && this.state !== XenbusState.Closing && this.state !== XenbusState.Closed) await this.setState(XenbusState.Closing);
+        resolve();
+      });
+    });
+  }
+
+  /**
    * The frontend's domain is gone (or the toolstack detaches the disk): releases
    * every mapping, goes Closed, removes the backend directory, closes the store.
    */

@@ -98,6 +98,11 @@ export class Blkfront {
   backendStateAtInitialised: XenbusState = XenbusState.Unknown;
   private closed = false;
 
+  /** Whether {@link close} has begun (the disk no longer takes I/O once it has). */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   constructor(
     private readonly k: Kernel,
     /** `xvda`, ... */
@@ -267,7 +272,10 @@ export async function connectBlkfront(k: Kernel, devid: string, opts: BlkfrontOp
   await switchState(xb, dir, XenbusState.Connected);
   const dev = new Blkfront(k, vdevName(virtualDevice), virtualDevice, dir, backendDir, io, queues);
   dev.backendStateAtInitialised = backendAtInit;
-  // The backend re-writing Connected announces a resize; Closing means it is going away.
+  // The backend re-writing Connected announces a resize; Closing means it is going away
+  // (a detach, or dom0 tearing the domain down): fail what is in flight, close in order
+  // (Closing, Closed, grants ended) and leave k.devices, as Linux's blkfront does when
+  // its backend goes Closing.
   const unwatch = await xb.watch(`${backendDir}/state`, () => {
     void (async () => {
       const s = await readState(xb, backendDir).catch(() => XenbusState.Unknown);
@@ -276,6 +284,11 @@ export async function connectBlkfront(k: Kernel, devid: string, opts: BlkfrontOp
         if (n >= 0) io.setSectors(n);
       } else if (s >= XenbusState.Closing || s === XenbusState.Unknown) {
         io.disable(new BlkError(-1, `${dev.name}: backend closed`));
+        if (!dev.isClosed) {
+          await dev.close(5000).catch(() => undefined);
+          await unwatch().catch(() => undefined);
+          k.removeDevice(dev.name, dev);
+        }
       }
     })();
   });
@@ -284,6 +297,40 @@ export async function connectBlkfront(k: Kernel, devid: string, opts: BlkfrontOp
     await dev.close();
   });
   return dev;
+}
+
+/**
+ * Hot-plug: watches `device/vbd/` and connects each disk the toolstack adds after
+ * boot (`known`: the device ids connected already), adding it to `k.devices`
+ * ({@link Kernel.addDevice}); a disk that fails its handshake is logged on the console.
+ * A detached disk leaves `k.devices` once closed (see {@link connectBlkfront}); its id
+ * may be attached again.
+ * @returns the function that stops watching.
+ */
+export async function watchBlkfronts(k: Kernel, known: Iterable<string>, opts: BlkfrontOptions = {}): Promise<() => Promise<void>> {
+  const base = `/local/domain/${k.domid}/device/vbd`;
+  const connected = new Map<string, Blkfront | null>();
+  for (const id of known) connected.set(id, null);
+  const scan = async () => {
+    const ids = await k.xenbus.directory(base).catch(() => [] as string[]);
+    for (const [id, dev] of connected) if (!ids.includes(id) && (dev === null || dev.isClosed)) connected.delete(id);
+    for (const id of ids) {
+      if (connected.has(id)) continue;
+      connected.set(id, null);
+      try {
+        const dev = await connectBlkfront(k, id, opts);
+        connected.set(id, dev);
+        k.addDevice(dev.name, dev);
+      } catch (e) {
+        connected.delete(id);
+        k.console.log(`hot-plugged disk ${id}: ${(e as Error).message}`);
+      }
+    }
+  };
+  let chain = Promise.resolve();
+  return k.xenbus.watch(base, () => {
+    chain = chain.then(scan, scan);
+  });
 }
 
 /**

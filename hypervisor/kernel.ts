@@ -41,6 +41,15 @@ export interface GuestConsole {
   log(...args: unknown[]): void;
 }
 
+/** A frontend hot-plugged into or detached from a guest ({@link Kernel.onDevice}). */
+export interface DeviceEvent {
+  /** `xvdb`, `eth1`, ... */
+  readonly name: string;
+  readonly change: 'added' | 'removed';
+  /** The `Blkfront` or `Netfront`. */
+  readonly device: unknown;
+}
+
 /** A guest module: its default export is called once on vCPU 0 and its result is reported to the toolstack. */
 export type GuestMain = (kernel: Kernel) => Promise<unknown> | unknown;
 /**
@@ -83,8 +92,13 @@ export class Kernel {
   private readonly vcpuOps: GuestOps = {};
   /** Calls from other vCPUs that came before this vCPU served any operation. */
   private vcpuCallsEarly: Array<[MessagePort, CallMessage]> | null = [];
-  /** Frontends attached by the toolstack, by name (`xvda`, ...), filled at boot. */
+  /**
+   * Frontends attached by the toolstack, by name (`xvda`, `eth0`, ...): those there at
+   * boot, then those hot-plugged (added when they connect, removed once a detach has
+   * closed them; see {@link onDevice}).
+   */
   readonly devices = new Map<string, unknown>();
+  private readonly deviceListeners: Array<(e: DeviceEvent) => void> = [];
   private readonly wake: Int32Array;
   private readonly keepAlive: NodeJS.Timeout;
   private stopped = false;
@@ -223,6 +237,37 @@ export class Kernel {
     const early = this.vcpuCallsEarly;
     this.vcpuCallsEarly = null;
     for (const [p, m] of early ?? []) answerCall(p, this.vcpuOps, m);
+  }
+
+  /**
+   * Calls `fn` when a frontend is hot-plugged (`added`: connected and in
+   * {@link devices}) or detached (`removed`: closed and gone from it).
+   */
+  onDevice(fn: (e: DeviceEvent) => void): void {
+    this.deviceListeners.push(fn);
+  }
+
+  /** Adds a connected frontend to {@link devices} and tells the {@link onDevice} listeners. */
+  addDevice(name: string, dev: unknown): void {
+    this.devices.set(name, dev);
+    this.tellDevice({ name, change: 'added', device: dev });
+  }
+
+  /** Removes a frontend from {@link devices} (if it is still the one given) and tells the listeners. */
+  removeDevice(name: string, dev: unknown): void {
+    if (this.devices.get(name) !== dev) return;
+    this.devices.delete(name);
+    this.tellDevice({ name, change: 'removed', device: dev });
+  }
+
+  private tellDevice(e: DeviceEvent): void {
+    for (const fn of this.deviceListeners) {
+      try {
+        fn(e);
+      } catch (err) {
+        this.console.log(`a device listener threw: ${(err as Error)?.message ?? err}`);
+      }
+    }
   }
 
   /** Registers a teardown step run (last registered first) before the domain shuts down. */

@@ -22,7 +22,7 @@ export { XenbusState } from '../xenstore/xenbus.ts';
 export { ConfigError, parseConfig, loadConfig, parseDiskSpec, parseVifSpec, DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU } from './config.ts';
 export type { DiskSpec, DomainConfig, VifSpec, VifRate } from './config.ts';
 export { PvioError, ProtocolError, TimeoutError, InvariantError } from '../rings/errors.ts';
-export type { Kernel, GuestMain, SecondaryMain, GuestConsole } from '../hypervisor/kernel.ts';
+export type { Kernel, GuestMain, SecondaryMain, GuestConsole, DeviceEvent } from '../hypervisor/kernel.ts';
 export type { Blkfront, BlkfrontHandshakeError } from '../blkfront/xenbus.ts';
 export type { Netfront, NetfrontHandshakeError } from '../netfront/xenbus.ts';
 export type { SendOptions, NetfrontCounters } from '../netfront/netfront.ts';

@@ -11,7 +11,7 @@ import type { Kernel } from '../hypervisor/kernel.ts';
 import { GNTST, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE, type EvtchnPort, type GrantHandle } from '../hypervisor/abi.ts';
 import { serveGuestRing } from '../xenstore/connect.ts';
 import type { XenstoreRingServer } from '../xenstore/client.ts';
-import { XenbusState } from '../xenstore/xenbus.ts';
+import { XenbusState, waitForState } from '../xenstore/xenbus.ts';
 import { consoleDom0Ends } from '../rings/console-ring.ts';
 import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
@@ -33,6 +33,7 @@ export type Dom0Request =
     features?: Partial<BlkbackFeatures>; store?: StoreSpec; initWaitDelayMs?: number; asyncStore?: boolean;
   }
   | { type: 'resizeDisk'; reqId: number; domid: number; vdev: string; sizeBytes: number }
+  | { type: 'removeDisk'; reqId: number; domid: number; vdev: string; timeoutMs: number }
   | { type: 'addVif'; reqId: number; domid: number; vif: Dom0Vif }
   | { type: 'capture'; reqId: number; path: string | null }
   | { type: 'release'; reqId: number; domid: number }
@@ -204,6 +205,9 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   async function addDisk(r: Extract<Dom0Request, { type: 'addDisk' }>): Promise<void> {
     const g = guests.get(r.domid);
     if (!g) throw new Error(`dom${r.domid} is not introduced`);
+    if (g.disks.some((d) => d.opts.name === `${g.name}/${r.vdev}` || d.opts.devid === r.virtualDevice)) {
+      throw new Error(`dom${r.domid} already has a disk ${r.vdev}`);
+    }
     // The asynchronous mode completes through libuv by request id, possibly out of order.
     const disk = { path: r.path, readOnly: r.readOnly, store: r.store };
     const ctx = { domid: r.domid, sync: !r.asyncStore };
@@ -240,6 +244,32 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const started = dev.start();
     if (!r.initWaitDelayMs) await started;
     else void started;
+  }
+
+  /**
+   * Detaches a disk from a running guest, as `xl block-detach`: the backend goes
+   * Closing; once the frontend is Closed (or after `timeoutMs`: forced) the backend
+   * is destroyed (Closed, its directory removed, the store closed) and the frontend
+   * directory removed. @returns whether it had to be forced.
+   * @throws Error when the guest has no such disk.
+   */
+  async function removeDisk(r: Extract<Dom0Request, { type: 'removeDisk' }>): Promise<{ forced: boolean }> {
+    const g = guests.get(r.domid);
+    if (!g) throw new Error(`dom${r.domid} is not introduced`);
+    const i = g.disks.findIndex((d) => d.opts.name === `${g.name}/${r.vdev}`);
+    if (i < 0) throw new Error(`dom${r.domid} has no disk ${r.vdev}`);
+    const d = g.disks[i];
+    g.disks.splice(i, 1);
+    const fe = `/local/domain/${r.domid}/device/vbd/${d.opts.devid}`;
+    await d.requestClose();
+    let forced = false;
+    await waitForState(xs, fe, (s) => s === XenbusState.Closed || s === XenbusState.Unknown, { timeoutMs: r.timeoutMs }).catch(() => {
+      forced = true;
+    });
+    await d.destroy();
+    retired[d.opts.name] = await diskStats(d);
+    await xs.rm(fe).catch(() => undefined);
+    return { forced };
   }
 
   async function addVif(domid: number, v: Dom0Vif): Promise<void> {
@@ -343,6 +373,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
         switch (req.type) {
           case 'introduce': introduce(req.domid, req.name, req.storePort, req.consolePort); break;
           case 'addDisk': await addDisk(req); break;
+          case 'removeDisk': value = await removeDisk(req); break;
           case 'resizeDisk': {
             const d = guests.get(req.domid)?.disks.find((x) => x.opts.name.endsWith(`/${req.vdev}`));
             if (!d) throw new Error(`dom${req.domid} has no disk ${req.vdev}`);

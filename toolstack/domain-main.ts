@@ -14,7 +14,7 @@
 import { SHUTDOWN } from '../hypervisor/abi.ts';
 import type { BootInfo } from '../hypervisor/boot.ts';
 import { Kernel, type GuestMain, type SecondaryMain } from '../hypervisor/kernel.ts';
-import { probeBlkfronts } from '../blkfront/xenbus.ts';
+import { probeBlkfronts, watchBlkfronts } from '../blkfront/xenbus.ts';
 import { probeNetfronts } from '../netfront/xenbus.ts';
 
 /** Worker entry, called by the bootstrap with `workerData`. */
@@ -41,8 +41,12 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
   try {
     k.connectXenStore();
     if (!k.privileged) {
-      for (const [name, dev] of await probeBlkfronts(k)) k.devices.set(name, dev);
+      const disks = await probeBlkfronts(k);
+      for (const [name, dev] of disks) k.devices.set(name, dev);
       for (const [name, nic] of await probeNetfronts(k)) k.devices.set(name, nic);
+      // Disks attached later (hot-plug) connect as they come.
+      const unwatchDisks = await watchBlkfronts(k, [...disks.values()].map((d) => String(d.virtualDevice)));
+      k.onTeardown(() => unwatchDisks().catch(() => undefined));
     }
     const mod = (await import(data.boot.guest.module)) as { default?: GuestMain; main?: GuestMain };
     const main = mod.default ?? mod.main;

@@ -500,6 +500,34 @@ export class Machine {
     await this.dom0Request({ type: 'resizeDisk', domid, vdev, sizeBytes });
   }
 
+  /**
+   * Attaches a disk to a running guest (`xl block-attach`): dom0 opens the store and
+   * writes both directories; the guest's kernel sees the new `device/vbd/<id>`,
+   * connects it and adds it to `k.devices` (the guest can wait with `k.onDevice`).
+   * Resolves once the backend waits for the frontend (InitWait), not when the guest
+   * has connected (watch `xenbus` events for that).
+   * @throws MachineError from dom0 (no such domain, a store that does not open, the
+   *   virtual device in use).
+   */
+  async attachDisk(domid: number, disk: DiskSpec): Promise<void> {
+    await this.dom0Request({
+      type: 'addDisk', domid, vdev: disk.vdev, virtualDevice: disk.virtualDevice, path: disk.path, readOnly: disk.readOnly,
+      features: disk.features, store: disk.store,
+    });
+  }
+
+  /**
+   * Detaches a disk from a running guest (`xl block-detach`): the backend goes
+   * Closing, the guest's blkfront fails what is in flight, closes (Closing, Closed,
+   * grants ended) and leaves `k.devices`; then dom0 removes both directories and
+   * closes the store. A frontend that does not close within `timeoutMs` (default
+   * 10 000 ms) is detached by force. @returns whether it was forced.
+   * @throws MachineError when the guest has no such disk.
+   */
+  async detachDisk(domid: number, vdev: string, opts: { timeoutMs?: number } = {}): Promise<{ forced: boolean }> {
+    return (await this.dom0Request({ type: 'removeDisk', domid, vdev, timeoutMs: opts.timeoutMs ?? 10_000 })) as { forced: boolean };
+  }
+
   /** Hypervisor counters (hypercalls by kind, grant maps, event channels, domains). */
   async hypervisorStats(): Promise<Record<string, unknown>> {
     return (await this.hvRequest({ type: 'snapshot', reqId: 0 })) as Record<string, unknown>;

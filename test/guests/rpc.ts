@@ -47,6 +47,8 @@ export default function main(k: Kernel): Promise<unknown> {
     return d;
   };
 
+  const deviceEvents: Array<{ name: string; change: string }> = [];
+  k.onDevice((e) => deviceEvents.push({ name: e.name, change: e.change }));
   const ops: Record<string, (a: Args) => unknown> = {
     info: () => ({ domid: k.domid, name: k.name, devices: [...k.devices.keys()] }),
     allocPages: (a) => k.memory.allocPages(a.n).map((p) => (pages.set(p.mfn, p), p.mfn)),
@@ -301,6 +303,17 @@ export default function main(k: Kernel): Promise<unknown> {
       }
       n.releaseLent();
       return { frames: out, batches };
+    },
+    /** The names in k.devices. */
+    devices: () => [...k.devices.keys()].sort(),
+    /** Waits (up to `timeoutMs`) until device `name` is (`present`) or is not in k.devices; the device events seen so far. */
+    waitDevice: async (a) => {
+      const deadline = Date.now() + (a.timeoutMs ?? 10_000);
+      while (k.devices.has(a.name) !== (a.present ?? true)) {
+        if (Date.now() > deadline) throw new Error(`device ${a.name} did not ${a.present === false ? 'leave' : 'come'}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return deviceEvents.map((e) => `${e.change} ${e.name}`);
     },
     exit: (a) => finish(a.value ?? null),
     crash: (a) => void setImmediate(() => fail(new Error(a.message ?? 'guest crashed on purpose'))),
