@@ -50,6 +50,9 @@ export interface BootInfo {
   readonly siblingPorts: ReadonlyArray<MessagePort | null>;
   /** Toolstack control channel (dom0: commands; domU: results); null if none. */
   readonly controlPort: MessagePort | null;
-  /** The guest program: a module URL and its arguments. */
-  readonly guest: { readonly module: string; readonly args: unknown; readonly extra?: string };
+  /**
+   * The guest program: a module URL and its arguments; `probe` false when the program
+   * does its frontends' handshakes itself (the kernel connects none).
+   */
+  readonly guest: { readonly module: string; readonly args: unknown; readonly extra?: string; readonly probe?: boolean };
 }

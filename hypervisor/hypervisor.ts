@@ -122,7 +122,7 @@ export interface CreateDomainOptions {
   readonly maxPages: number;
   readonly vcpus: number;
   /** Guest module (file URL or path) and its arguments. */
-  readonly guest: { module: string; args?: unknown; extra?: string };
+  readonly guest: { module: string; args?: unknown; extra?: string; probe?: boolean };
   /** Toolstack control channel given to the domain (transferred). */
   readonly controlPort?: MessagePort | null;
   /** Whether the domain is dom0 (domid 0, local XenStore, no console ring). */
@@ -254,7 +254,7 @@ export class Hypervisor {
         maxPages: opts.maxPages, handlePort: guestPort,
         controlPort: v.id === 0 ? (opts.controlPort ?? null) : null,
         siblingPorts: siblings[v.id],
-        guest: { module: opts.guest.module, args: opts.guest.args ?? null, extra: opts.guest.extra },
+        guest: { module: opts.guest.module, args: opts.guest.args ?? null, extra: opts.guest.extra, probe: opts.guest.probe },
       };
       const transferList: MessagePort[] = [guestPort, ...siblings[v.id].filter((p): p is MessagePort => p !== null)];
       if (boot.controlPort) transferList.push(boot.controlPort);

@@ -272,6 +272,20 @@ export class NetbackDevice implements BridgePort {
     }
   }
 
+  /**
+   * The toolstack detaches the vif while the guest runs (`xl network-detach`): the
+   * backend goes Closing, which asks the frontend to close; its Closing and Closed
+   * then take the backend to Closed.
+   */
+  requestClose(): Promise<void> {
+    return new Promise((resolve) => {
+      this.serialize(async () => {
+        if (!this.destroyed && this.state !== XenbusState.Closing && this.state !== XenbusState.Closed) await this.setState(XenbusState.Closing);
+        resolve();
+      });
+    });
+  }
+
   /** The frontend's domain is gone (or the vif is detached): releases everything, Closed, directory removed. */
   destroy(): Promise<void> {
     return new Promise((resolve) => {

@@ -203,6 +203,13 @@ export class Netfront {
     return out;
   }
 
+  private closed = false;
+
+  /** Whether {@link close} has begun. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   /** Whether any queue is broken. */
   get isBroken(): boolean {
     return this.queues.some((q) => q.isBroken);
@@ -210,6 +217,8 @@ export class Netfront {
 
   /** Closing → (backend Closing/Closed) → Closed; every grant ended. */
   async close(timeoutMs = 5000): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     const xb = this.k.xenbus;
     for (const q of this.queues) q.breakQueue(new NetfrontBrokenError(`${this.name}: closed`));
     await switchState(xb, this.dir, XenbusState.Closing).catch(() => undefined);
@@ -298,10 +307,19 @@ export async function connectNetfront(k: Kernel, devid: string, opts: NetfrontOp
   for (const q of queues) q.onEvent();
   const nic = new Netfront(`eth${devid}`, mac, mtu, dir, backendDir, queues,
     { queues: nq, split, sg, gso, persistent, csumOffload: !noCsumOffload }, k);
+  // The backend going Closing (a detach, or dom0 tearing the domain down) breaks the
+  // queues, closes the vif in order and takes it out of k.devices.
   const unwatch = await xb.watch(`${backendDir}/state`, () => {
     void (async () => {
       const s = await readState(xb, backendDir).catch(() => XenbusState.Unknown);
-      if (s >= XenbusState.Closing || s === XenbusState.Unknown) for (const q of queues) q.breakQueue(new NetfrontBrokenError(`eth${devid}: backend closed`));
+      if (s >= XenbusState.Closing || s === XenbusState.Unknown) {
+        for (const q of queues) q.breakQueue(new NetfrontBrokenError(`eth${devid}: backend closed`));
+        if (!nic.isClosed) {
+          await nic.close().catch(() => undefined);
+          await unwatch().catch(() => undefined);
+          k.removeDevice(nic.name, nic);
+        }
+      }
     })();
   });
   k.onTeardown(async () => {
@@ -309,6 +327,38 @@ export async function connectNetfront(k: Kernel, devid: string, opts: NetfrontOp
     await nic.close();
   });
   return nic;
+}
+
+/**
+ * Hot-plug: watches `device/vif/` and connects each vif the toolstack adds after boot
+ * (`known`: the device ids connected already), adding it to `k.devices`
+ * ({@link Kernel.addDevice}); a detached vif leaves once closed and its id may come
+ * again. @returns the function that stops watching.
+ */
+export async function watchNetfronts(k: Kernel, known: Iterable<string>, opts: NetfrontOptions = {}): Promise<() => Promise<void>> {
+  const base = `/local/domain/${k.domid}/device/vif`;
+  const connected = new Map<string, Netfront | null>();
+  for (const id of known) connected.set(id, null);
+  const scan = async () => {
+    const ids = await k.xenbus.directory(base).catch(() => [] as string[]);
+    for (const [id, nic] of connected) if (!ids.includes(id) && (nic === null || nic.isClosed)) connected.delete(id);
+    for (const id of ids) {
+      if (connected.has(id)) continue;
+      connected.set(id, null);
+      try {
+        const nic = await connectNetfront(k, id, opts);
+        connected.set(id, nic);
+        k.addDevice(nic.name, nic);
+      } catch (e) {
+        connected.delete(id);
+        k.console.log(`hot-plugged vif ${id}: ${(e as Error).message}`);
+      }
+    }
+  };
+  let chain = Promise.resolve();
+  return k.xenbus.watch(base, () => {
+    chain = chain.then(scan, scan);
+  });
 }
 
 /**

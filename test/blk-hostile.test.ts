@@ -155,7 +155,7 @@ beforeAll(async () => {
   const by = image('bystander.img', DISK_BYTES);
   bystander = await rpcGuest(m, 'bystander', { disks: [{ path: by.path, vdev: 'xvda', virtualDevice: virtualDevice('xvda'), readOnly: true }] });
   await bystander.call('readLoop', { name: 'xvda', parallel: 4 });
-  h = await m.createGuest({ name: 'hostile', memoryMiB: 32, vcpus: 1, kernel: guestPath('hostile-blkfront.ts') });
+  h = await m.createGuest({ name: 'hostile', memoryMiB: 32, vcpus: 1, kernel: guestPath('hostile-blkfront.ts'), probeDevices: false });
   await h.call('info'); // its main runs: boot-time blkfront probing is over, so the disks below are ours by hand
 
   // xvda: read-write, per-request grants. xvdb: read-only. xvdc: persistent grants.

@@ -4,7 +4,8 @@
 // it byte for byte; a detach takes the backend to Closing, the guest's blkfront closes
 // in order and leaves k.devices, dom0 removes both directories and retires the
 // disk's counters; the same device can be attached again; a guest that cannot answer
-// (paused) is detached by force after the timeout; bad requests get one clear error.
+// (paused) is detached by force after the timeout; a guest created with probeDevices
+// false is left to connect its devices itself; bad requests get one clear error.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -81,6 +82,17 @@ describe('disk hot-plug', () => {
     expect(await g.call('readDisk', { name: 'xvda' })).toMatch(/^[0-9a-f]{64}$/);
     const audit = await m.audit();
     expect(audit.violations).toEqual([]);
+  });
+
+  it('probeDevices: false leaves every frontend to the guest program: nothing is connected, at boot or hot-plugged', async () => {
+    const img = randomImage(dir, 'e.img', 64 * 1024);
+    const h = await rpcGuest(m, 'byhand', { probeDevices: false, disks: [parseDiskSpec(`${img.path},xvda,r`, dir)] });
+    await m.attachDisk(h.domid, parseDiskSpec(`${img.path},xvdb,r`, dir));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await h.call('devices')).toEqual([]);
+    expect(await h.call('xsRead', { path: `/local/domain/${h.domid}/device/vbd/${parseDiskSpec(`${img.path},xvdb,r`, dir).virtualDevice}/state` })).toEqual({ value: '1' });
+    await h.call('exit', {});
+    await h.exit;
   });
 
   it('bad requests: no such disk, a device already attached, no such domain', async () => {

@@ -307,7 +307,7 @@ beforeAll(async () => {
     return p.a.completed > 5 && p.b.completed > 5;
   }, 10_000, 'bystanders exchanging frames');
 
-  h = await m.createGuest({ name: 'hostile', memoryMiB: 32, vcpus: 1, kernel: guestPath('hostile-netfront.ts') });
+  h = await m.createGuest({ name: 'hostile', memoryMiB: 32, vcpus: 1, kernel: guestPath('hostile-netfront.ts'), probeDevices: false });
   await h.call('info'); // its main runs: boot-time netfront probing is over, so the vifs below are ours by hand
   for (const v of VIFS) {
     await m.dom0Request({ type: 'addVif', domid: h.domid, vif: dom0Vif(h.domid, v.devid, { persistent: v.persistent }) });

@@ -35,6 +35,7 @@ export type Dom0Request =
   | { type: 'resizeDisk'; reqId: number; domid: number; vdev: string; sizeBytes: number }
   | { type: 'removeDisk'; reqId: number; domid: number; vdev: string; timeoutMs: number }
   | { type: 'addVif'; reqId: number; domid: number; vif: Dom0Vif }
+  | { type: 'removeVif'; reqId: number; domid: number; devid: number; timeoutMs: number }
   | { type: 'capture'; reqId: number; path: string | null }
   | { type: 'release'; reqId: number; domid: number }
   | { type: 'stats'; reqId: number }
@@ -275,6 +276,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   async function addVif(domid: number, v: Dom0Vif): Promise<void> {
     const g = guests.get(domid);
     if (!g) throw new Error(`dom${domid} is not introduced`);
+    if (g.vifs.some((x) => x.opts.devid === v.devid)) throw new Error(`dom${domid} already has a vif ${v.devid}`);
     const be = `/local/domain/0/backend/vif/${domid}/${v.devid}`;
     const fe = `/local/domain/${domid}/device/vif/${v.devid}`;
     await xs.transaction(async (tx) => {
@@ -305,6 +307,31 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     });
     g.vifs.push(dev);
     await dev.start();
+  }
+
+  /**
+   * Detaches a vif from a running guest, as `xl network-detach`: the backend goes
+   * Closing (and leaves the bridge when the frontend closes); once the frontend is
+   * Closed (or after `timeoutMs`: forced) the backend is destroyed and the frontend
+   * directory removed. @returns whether it had to be forced.
+   * @throws Error when the guest has no such vif.
+   */
+  async function removeVif(r: Extract<Dom0Request, { type: 'removeVif' }>): Promise<{ forced: boolean }> {
+    const g = guests.get(r.domid);
+    if (!g) throw new Error(`dom${r.domid} is not introduced`);
+    const i = g.vifs.findIndex((x) => x.opts.devid === r.devid);
+    if (i < 0) throw new Error(`dom${r.domid} has no vif ${r.devid}`);
+    const v = g.vifs[i];
+    g.vifs.splice(i, 1);
+    await v.requestClose();
+    let forced = false;
+    await waitForState(xs, v.frontendDir, (s) => s === XenbusState.Closed || s === XenbusState.Unknown, { timeoutMs: r.timeoutMs }).catch(() => {
+      forced = true;
+    });
+    await v.destroy();
+    retiredVifs[`${g.name}/${v.name}`] = vifStats(v);
+    await xs.rm(v.frontendDir).catch(() => undefined);
+    return { forced };
   }
 
   function vifStats(v: NetbackDevice): unknown {
@@ -388,6 +415,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
           }
           case 'stats': value = await stats(); break;
           case 'addVif': await addVif(req.domid, req.vif); break;
+          case 'removeVif': value = await removeVif(req); break;
           case 'capture':
             capture?.close();
             capture = req.path ? PcapWriter.open(req.path) : null;

@@ -15,7 +15,7 @@ import { SHUTDOWN } from '../hypervisor/abi.ts';
 import type { BootInfo } from '../hypervisor/boot.ts';
 import { Kernel, type GuestMain, type SecondaryMain } from '../hypervisor/kernel.ts';
 import { probeBlkfronts, watchBlkfronts } from '../blkfront/xenbus.ts';
-import { probeNetfronts } from '../netfront/xenbus.ts';
+import { probeNetfronts, watchNetfronts } from '../netfront/xenbus.ts';
 
 /** Worker entry, called by the bootstrap with `workerData`. */
 export async function start(data: { boot: BootInfo }): Promise<void> {
@@ -40,13 +40,18 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
   let reason: number = SHUTDOWN.poweroff;
   try {
     k.connectXenStore();
-    if (!k.privileged) {
+    if (!k.privileged && data.boot.guest.probe !== false) {
       const disks = await probeBlkfronts(k);
       for (const [name, dev] of disks) k.devices.set(name, dev);
-      for (const [name, nic] of await probeNetfronts(k)) k.devices.set(name, nic);
-      // Disks attached later (hot-plug) connect as they come.
+      const nics = await probeNetfronts(k);
+      for (const [name, nic] of nics) k.devices.set(name, nic);
+      // Disks and vifs attached later (hot-plug) connect as they come.
       const unwatchDisks = await watchBlkfronts(k, [...disks.values()].map((d) => String(d.virtualDevice)));
-      k.onTeardown(() => unwatchDisks().catch(() => undefined));
+      const unwatchNics = await watchNetfronts(k, [...nics.keys()].map((n) => n.slice('eth'.length)));
+      k.onTeardown(async () => {
+        await unwatchDisks().catch(() => undefined);
+        await unwatchNics().catch(() => undefined);
+      });
     }
     const mod = (await import(data.boot.guest.module)) as { default?: GuestMain; main?: GuestMain };
     const main = mod.default ?? mod.main;

@@ -57,6 +57,11 @@ export interface GuestSpec {
   readonly asyncStore?: boolean;
   /** Virtual NICs (`vif = [...]` in the config), `eth0`, `eth1`, ... in the guest. */
   readonly vifs?: readonly VifSpec[];
+  /**
+   * False: the guest's kernel connects no frontend, at boot or hot-plugged; the guest
+   * program does the handshakes itself (a hand-written or hostile frontend). Default true.
+   */
+  readonly probeDevices?: boolean;
 }
 
 /** A running guest. */
@@ -200,6 +205,8 @@ export class Machine {
   private readonly consoleSink: MachineOptions['onConsole'];
   private readonly events = new EventEmitter();
   private xenbusWatch: Promise<void> | null = null;
+  /** Each running guest's vif ids (for {@link attachVif}'s default). */
+  private readonly vifIds = new Map<number, Set<number>>();
 
   private constructor(private readonly hv: Worker, private readonly dom0Port: MessagePort, opts: MachineOptions) {
     this.timeoutMs = opts.requestTimeoutMs ?? 30_000;
@@ -263,6 +270,7 @@ export class Machine {
       if (msg.domid !== 0 && !this.closed) void this.dom0Request({ type: 'release', domid: msg.domid }).catch(() => {});
       if (!e) return;
       this.exits.delete(msg.domid);
+      this.vifIds.delete(msg.domid);
       const crashed = msg.reason === SHUTDOWN.crash || e.error !== undefined;
       const exit: DomainExit = {
         domid: msg.domid, name: e.name, reason: crashed ? SHUTDOWN.crash : msg.reason, value: e.value,
@@ -335,7 +343,7 @@ export class Machine {
       type: 'createDomain', reqId: 0,
       opts: {
         name: spec.name, maxPages: (spec.memoryMiB << 20) / PAGE_SIZE, vcpus: spec.vcpus,
-        guest: { module, args: spec.args ?? null, extra: spec.extra }, controlPort: ctl.port2,
+        guest: { module, args: spec.args ?? null, extra: spec.extra, probe: spec.probeDevices !== false }, controlPort: ctl.port2,
       } as CreateDomainOptions,
     }, [ctl.port2])) as { domid: number; store: { mfn: number; port: number }; console: { mfn: number; port: number } };
     const domid = created.domid;
@@ -383,6 +391,7 @@ export class Machine {
       for (const [devid, v] of (spec.vifs ?? []).entries()) {
         await this.dom0Request({ type: 'addVif', domid, vif: dom0Vif(domid, devid, v) });
       }
+      this.vifIds.set(domid, new Set((spec.vifs ?? []).map((_, i) => i)));
     } catch (e) {
       await this.hvRequest({ type: 'destroy', reqId: 0, domid });
       throw e;
@@ -526,6 +535,36 @@ export class Machine {
    */
   async detachDisk(domid: number, vdev: string, opts: { timeoutMs?: number } = {}): Promise<{ forced: boolean }> {
     return (await this.dom0Request({ type: 'removeDisk', domid, vdev, timeoutMs: opts.timeoutMs ?? 10_000 })) as { forced: boolean };
+  }
+
+  /**
+   * Attaches a vif to a running guest (`xl network-attach`) as `eth<devid>` (default:
+   * the lowest free index), with the toolstack's defaults for what `vif` leaves out
+   * (see {@link dom0Vif}); the guest's kernel connects it and adds it to `k.devices`.
+   * Resolves once the backend waits for the frontend. @returns the devid.
+   * @throws MachineError from dom0 (no such domain, the devid in use).
+   */
+  async attachVif(domid: number, vif: VifSpec, devid?: number): Promise<number> {
+    const used = this.vifIds.get(domid) ?? new Set<number>();
+    let id = devid ?? 0;
+    if (devid === undefined) while (used.has(id)) id++;
+    await this.dom0Request({ type: 'addVif', domid, vif: dom0Vif(domid, id, vif) });
+    used.add(id);
+    this.vifIds.set(domid, used);
+    return id;
+  }
+
+  /**
+   * Detaches vif `devid` from a running guest (`xl network-detach`): the backend goes
+   * Closing, the guest's netfront breaks its queues, closes in order and leaves
+   * `k.devices`, the vif leaves its bridge; a frontend that does not close within
+   * `timeoutMs` (default 10 000 ms) is detached by force. @returns whether it was forced.
+   * @throws MachineError when the guest has no such vif.
+   */
+  async detachVif(domid: number, devid: number, opts: { timeoutMs?: number } = {}): Promise<{ forced: boolean }> {
+    const r = (await this.dom0Request({ type: 'removeVif', domid, devid, timeoutMs: opts.timeoutMs ?? 10_000 })) as { forced: boolean };
+    this.vifIds.get(domid)?.delete(devid);
+    return r;
   }
 
   /** Hypervisor counters (hypercalls by kind, grant maps, event channels, domains). */
