@@ -919,14 +919,35 @@ export class Hypervisor {
   }
 
   /** Counter snapshot for reports. */
-  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: Array<{ domid: number; name: string; state: DomainState; ramPages: number; mappings: number; ports: number }> } {
+  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: DomainSummary[] } {
     return {
       ...this.counters, hypercalls: { ...this.counters.hypercalls }, frames: { ...this.frames.counters },
       domains: [...this.domains.values()].map((d) => ({
-        domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages, mappings: d.maptrack.size, ports: d.evtchns.size,
+        domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages, maxPages: d.maxPages, vcpus: d.vcpus.length,
+        busyMs: d.vcpus.reduce((t, v) => t + (v.worker ? v.worker.performance.eventLoopUtilization().active : 0), 0),
+        mappings: d.maptrack.size, ports: d.evtchns.size,
       })),
     };
   }
+}
+
+/** One domain in a {@link Hypervisor.snapshot}. */
+export interface DomainSummary {
+  readonly domid: number;
+  readonly name: string;
+  readonly state: DomainState;
+  /** Pages allocated, and the quota (4 KiB pages). */
+  readonly ramPages: number;
+  readonly maxPages: number;
+  readonly vcpus: number;
+  /**
+   * Time its vCPU workers' event loops were busy, summed, in ms (Node's
+   * eventLoopUtilization: handlers, spinning and JS work; not kernel CPU accounting).
+   */
+  readonly busyMs: number;
+  /** Grant mappings it holds, and its event-channel ports. */
+  readonly mappings: number;
+  readonly ports: number;
 }
 
 /** Info a vCPU receives about a new binding of one of its ports. */

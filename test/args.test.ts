@@ -18,12 +18,12 @@ function usageError(argv: string[]): string {
 
 describe('parseCli: good command lines', () => {
   it('up with defaults', () => {
-    expect(parseCli(['up'])).toEqual({ command: 'up', quiet: false, progress: true });
-    expect(parseCli(['up', 'machine.cfg'])).toEqual({ command: 'up', config: 'machine.cfg', quiet: false, progress: true });
+    expect(parseCli(['up'])).toEqual({ command: 'up', quiet: false, progress: true, detach: false });
+    expect(parseCli(['up', 'machine.cfg'])).toEqual({ command: 'up', config: 'machine.cfg', quiet: false, progress: true, detach: false });
   });
 
   it('up with every option, in both spellings and any order', () => {
-    const want = { command: 'up', config: 'vm.cfg', disk: 'd.img', scratchMiB: 96, quiet: true, progress: false };
+    const want = { command: 'up', config: 'vm.cfg', disk: 'd.img', scratchMiB: 96, quiet: true, progress: false, detach: false };
     expect(parseCli(['up', 'vm.cfg', '--disk', 'd.img', '--scratch-mib', '96', '--quiet', '--no-progress'])).toEqual(want);
     expect(parseCli(['--no-progress', '-q', 'up', '--disk=d.img', '--scratch-mib=96', 'vm.cfg'])).toEqual(want);
   });
@@ -93,7 +93,7 @@ describe('parseCli: bad command lines give one-line UsageErrors', () => {
 describe('parseCli: the NBD export', () => {
   it('--nbd PORT and --nbd-socket PATH, writable unless --read-only', () => {
     expect(parseCli(['up', '--disk', 'd.img', '--nbd', '10809'])).toEqual({
-      command: 'up', disk: 'd.img', quiet: false, progress: true, nbd: { listen: { port: 10809 }, readOnly: false },
+      command: 'up', disk: 'd.img', quiet: false, progress: true, detach: false, nbd: { listen: { port: 10809 }, readOnly: false },
     });
     expect(parseCli(['up', '--disk=d.img', '--nbd=0', '--read-only', '-q'])).toMatchObject({ quiet: true, nbd: { listen: { port: 0 }, readOnly: true } });
     expect(parseCli(['up', '--nbd-socket', '/run/x.sock', '--disk', 'd.img'])).toMatchObject({ nbd: { listen: { path: '/run/x.sock' }, readOnly: false } });
@@ -124,9 +124,9 @@ describe('parseCli: --dom0-vcpus', () => {
 
 describe('parseCli: --pcap', () => {
   it('takes a file, as given, alone or with CONFIG or --disk, and is absent by default', () => {
-    expect(parseCli(['up', '--pcap', 'bridge.pcap'])).toEqual({ command: 'up', pcap: 'bridge.pcap', quiet: false, progress: true });
+    expect(parseCli(['up', '--pcap', 'bridge.pcap'])).toEqual({ command: 'up', pcap: 'bridge.pcap', quiet: false, progress: true, detach: false });
     expect(parseCli(['up', 'vm.cfg', '--pcap=../out/x.pcap'])).toEqual(
-      { command: 'up', config: 'vm.cfg', pcap: '../out/x.pcap', quiet: false, progress: true });
+      { command: 'up', config: 'vm.cfg', pcap: '../out/x.pcap', quiet: false, progress: true, detach: false });
     expect(parseCli(['--pcap', '/tmp/a b.pcap', 'up', '--disk', 'd.img', '--scratch-mib', '8'])).toMatchObject(
       { disk: 'd.img', scratchMiB: 8, pcap: '/tmp/a b.pcap' });
     expect(parseCli(['up', '--pcap=-x.pcap'])).toMatchObject({ pcap: '-x.pcap' });
@@ -155,4 +155,21 @@ describe('pvio bench', () => {
     expect(() => parseCli(['bench'])).toThrow(/bench needs a benchmark name/);
     expect(() => parseCli(['bench', 'disk'])).toThrow(/unknown benchmark 'disk'/);
   });
+
+  it('commands on a running machine: their arguments, --machine, and one clear error each', () => {
+    expect(parseCli(['list'])).toEqual({ command: 'control', op: 'list', args: [] });
+    expect(parseCli(['xenstore-ls', '--machine', 'm1'])).toEqual({ command: 'control', op: 'xenstore-ls', args: [], machine: 'm1' });
+    expect(parseCli(['xenstore-write', '/a/b', 'v w'])).toEqual({ command: 'control', op: 'xenstore-write', args: ['/a/b', 'v w'] });
+    expect(parseCli(['block-attach', 'g', 'file:/x.img,xvdb,w'])).toMatchObject({ op: 'block-attach', args: ['g', 'file:/x.img,xvdb,w'] });
+    expect(parseCli(['shutdown'])).toMatchObject({ op: 'shutdown', args: [] });
+    expect(parseCli(['network-attach', 'g'])).toMatchObject({ op: 'network-attach', args: ['g'] });
+    expect(() => parseCli(['xenstore-read'])).toThrow("'xenstore-read' needs 1 argument");
+    expect(() => parseCli(['list', 'x'])).toThrow("unexpected argument 'x': 'list' takes none");
+    expect(() => parseCli(['destroy', 'a', 'b'])).toThrow("unexpected argument 'b': 'destroy' takes at most 1");
+    expect(() => parseCli(['list', '--quiet'])).toThrow("option '--quiet' does not apply to 'list'");
+    expect(() => parseCli(['list', '--machine', 'a/b'])).toThrow(UsageError);
+    expect(parseCli(['up', '--detach', '--machine', 'lab-1'])).toMatchObject({ command: 'up', detach: true, machine: 'lab-1' });
+    expect(() => parseCli(['up', '--disk', 'd', '--nbd', '1', '--detach'])).toThrow("option '--detach' cannot be used with '--nbd'");
+  });
 });
+

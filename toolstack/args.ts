@@ -13,6 +13,8 @@
 import { parseArgs } from 'node:util';
 import { PvioError } from '../rings/errors.ts';
 import type { NbdListen } from './nbd/server.ts';
+import { CONTROL_ARITY, CONTROL_COMMANDS, type ControlCommandName } from './control-ops.ts';
+import { MACHINE_NAME } from './control.ts';
 
 /** Usage text printed by `pvio help` (and after a usage error). Ends with a newline. */
 export const USAGE = `\
@@ -28,6 +30,19 @@ Usage:
                                FileHandle and fio over NBD (--json FILE, --svg FILE, --quick)
   pvio bench net [options]     the network benchmark: domU → bridge → domU through pvio against
                                relayed MessagePort and SAB-ring baselines (--json FILE, --svg FILE, --quick)
+  pvio list                    the running machine's domains (id, name, state, memory, vCPUs, busy time)
+  pvio xenstore-ls [PATH]      its XenStore tree below PATH (default /)
+  pvio xenstore-read PATH      a XenStore node's value
+  pvio xenstore-write PATH VALUE
+  pvio block-attach NAME SPEC  attach a disk to the running guest NAME (SPEC as in a config:
+                               'file:PATH,xvdX,r|w'); its kernel connects it
+  pvio block-detach NAME xvdX  detach it (the guest closes it first)
+  pvio network-attach NAME [SPEC]
+                               attach a vif (SPEC as in a config's vif = [...]); prints eth<N>
+  pvio network-detach NAME N   detach vif eth<N>
+  pvio destroy NAME            destroy the guest NAME at once
+  pvio shutdown [NAME]         ask the guest NAME to power off (destroyed after 10 s if it
+                               does not), or, without NAME, stop the whole machine
   pvio help                    show this help
   pvio --version               print the version
 
@@ -43,9 +58,16 @@ Options for 'up':
                       qemu-io or fio at nbd://127.0.0.1:PORT
   --nbd-socket PATH   the same on the Unix socket PATH (nbd+unix:///?socket=PATH)
   --read-only         with --nbd or --nbd-socket: attach FILE read-only
+  --machine NAME      the machine's name (default pvio): its control socket is
+                      $XDG_RUNTIME_DIR/pvio/NAME.sock (else /tmp/pvio-UID/NAME.sock)
+  --detach            return once the machine has booted; it runs in the background
+                      (its output in NAME.log beside the socket) until 'pvio shutdown'
   --dom0-vcpus N      dom0's vCPUs, 1 to 32 (default 1; Xen's dom0_max_vcpus): with
                       several, queue N of a multi-queue disk is served by dom0 vCPU
                       N mod this number
+
+Options for the commands on a running machine (list ... shutdown):
+  --machine NAME      which machine (default: the only one running)
 
 Options anywhere:
   -h, --help          show this help
@@ -89,6 +111,10 @@ export interface UpCommand {
    * not given (no capture).
    */
   pcap?: string;
+  /** `--machine NAME`: the machine's name for its control socket (default `pvio`). */
+  machine?: string;
+  /** `--detach`: return once the machine has booted; it runs on in the background until `pvio shutdown`. */
+  detach: boolean;
 }
 
 /** Most vCPUs a domain may have (the hypervisor's limit). */
@@ -103,8 +129,18 @@ export interface BenchCommand {
   argv: string[];
 }
 
+/** `pvio list`, `pvio xenstore-read PATH`, ...: a request to a running machine (toolstack/control-ops.ts). */
+export interface ControlCommand {
+  command: 'control';
+  op: ControlCommandName;
+  /** Its positional arguments, as given. */
+  args: string[];
+  /** `--machine NAME`; absent: the only machine running. */
+  machine?: string;
+}
+
 /** A parsed command line: see {@link parseCli}. */
-export type Cli = UpCommand | BenchCommand | { command: 'help' } | { command: 'version' };
+export type Cli = UpCommand | BenchCommand | ControlCommand | { command: 'help' } | { command: 'version' };
 
 /** Largest `--scratch-mib`: its size in bytes must stay an exact JS number (2^53). */
 const MAX_SCRATCH_MIB = 2 ** 33;
@@ -119,6 +155,8 @@ const OPTIONS = {
   'read-only': { type: 'boolean' },
   'dom0-vcpus': { type: 'string' },
   pcap: { type: 'string' },
+  machine: { type: 'string' },
+  detach: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -200,6 +238,18 @@ export function parseCli(argv: string[]): Cli {
     throw new UsageError("missing command (try 'pvio help')");
   }
   if (command === 'help') return { command: 'help' };
+  const machine = seen.get('machine');
+  if (typeof machine === 'string' && !MACHINE_NAME.test(machine)) {
+    throw new UsageError(`option '--machine' needs a name of letters, digits, '-', '_' and '.', got ${q(machine)}`);
+  }
+  if ((CONTROL_COMMANDS as readonly string[]).includes(command)) {
+    const op = command as ControlCommandName;
+    for (const name of seen.keys()) if (name !== 'machine') throw new UsageError(`option '--${name}' does not apply to '${op}'`);
+    const [least, most] = CONTROL_ARITY[op];
+    if (rest.length < least) throw new UsageError(`'${op}' needs ${least === most ? least : `at least ${least}`} argument${least === 1 ? '' : 's'} (try 'pvio help')`);
+    if (rest.length > most) throw new UsageError(`unexpected argument ${q(rest[most]!)}: '${op}' takes ${most === 0 ? 'none' : `at most ${most}`}`);
+    return { command: 'control', op, args: rest, ...(typeof machine === 'string' ? { machine } : {}) };
+  }
   if (command !== 'up') throw new UsageError(`unknown command ${q(command)} (try 'pvio help')`);
 
   if (rest.length > 1) throw new UsageError(`unexpected argument ${q(rest[1]!)}: 'up' takes one CONFIG`);
@@ -207,7 +257,9 @@ export function parseCli(argv: string[]): Cli {
     command: 'up',
     quiet: seen.has('quiet'),
     progress: !seen.has('no-progress'),
+    detach: seen.has('detach'),
   };
+  if (typeof machine === 'string') out.machine = machine;
   if (rest[0] !== undefined) {
     if (rest[0] === '') throw new UsageError('CONFIG must not be empty');
     out.config = rest[0];
@@ -244,6 +296,7 @@ export function parseCli(argv: string[]): Cli {
       if (!(n <= 65535)) throw new UsageError(`option '--nbd' needs a TCP port from 0 to 65535, got ${q(port)}`);
       listen = { port: n };
     } else listen = { path: path as string };
+    if (out.detach) throw new UsageError(`option '--detach' cannot be used with ${opt}`);
     out.nbd = { listen, readOnly: seen.has('read-only') };
   } else if (seen.has('read-only')) {
     throw new UsageError("option '--read-only' needs --nbd or --nbd-socket");

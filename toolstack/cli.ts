@@ -18,14 +18,17 @@
  * is one line on stderr and a non-zero exit, with no worker started. SIGINT tears
  * every domain down and exits with 130.
  */
-import { accessSync, constants, createReadStream, statSync, readFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, createReadStream, openSync, statSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PvioError } from '../rings/errors.ts';
 import { RawFileStore } from '../blkback/raw-file-store.ts';
-import { parseCli, USAGE, type UpCommand } from './args.ts';
+import { parseCli, USAGE, type ControlCommand, type UpCommand } from './args.ts';
+import { ControlError, ControlServer, chooseMachine, controlRequest, machineNames, runtimeDir } from './control.ts';
+import { formatControlReply, machineHandlers } from './control-ops.ts';
 import { loadConfig, parseDiskSpec, type DiskSpec } from './config.ts';
 import { Machine, type GuestSpec } from './machine.ts';
 import { createProgress } from './progress.ts';
@@ -112,6 +115,91 @@ function guestFromCli(cmd: UpCommand): { spec: GuestSpec; notes: string[]; isDef
   };
 }
 
+/** Set (to 1) in the environment of the background `pvio up` that `--detach` starts. */
+const DETACHED_ENV = 'PVIO_DETACHED_CHILD';
+
+/**
+ * Opens the machine's control socket: `--machine NAME`, else `pvio` (or `pvio-2`,
+ * `pvio-3`, ... while that name is taken by another running machine).
+ * @throws ControlError when the name is taken (given with --machine) or no socket can be made.
+ */
+async function openControl(cmd: UpCommand, machine: Machine, stop: () => void): Promise<{ name: string; server: ControlServer }> {
+  const handlers = machineHandlers(machine, stop);
+  if (cmd.machine) return { name: cmd.machine, server: await ControlServer.listen(cmd.machine, handlers) };
+  for (let i = 1; ; i++) {
+    const name = i === 1 ? 'pvio' : `pvio-${i}`;
+    try {
+      return { name, server: await ControlServer.listen(name, handlers) };
+    } catch (e) {
+      if (!(e instanceof ControlError) || !/already running/.test(e.message) || i >= 99) throw e;
+    }
+  }
+}
+
+/**
+ * `pvio up --detach`: starts the same `pvio up` in the background (its output in
+ * `<machine>.log` beside the socket) and returns once its control socket answers,
+ * printing the machine's name; 1 with the log's last line when it does not come up.
+ */
+async function detach(cmd: UpCommand, argv: string[], err: (m: string) => void): Promise<number> {
+  const name = cmd.machine ?? 'pvio';
+  let log: string;
+  let fd: number;
+  try {
+    log = join(runtimeDir(), `${name}.log`);
+    fd = openSync(log, 'w', 0o600);
+  } catch (e) {
+    err(`cannot detach: ${(e as Error).message}`);
+    return 1;
+  }
+  const child = spawn(process.execPath, [join(ROOT, 'toolstack', 'bin', 'pvio.mjs'), ...argv], {
+    detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, [DETACHED_ENV]: '1' }, cwd: process.cwd(),
+  });
+  closeSync(fd);
+  let exited: number | null = null;
+  child.once('exit', (code) => (exited = code ?? 1));
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline && exited === null) {
+    const up = cmd.machine
+      ? await controlRequest(name, 'ping', [], 1000).then(() => true, () => false)
+      : await pingAny(child.pid!);
+    if (up) {
+      child.unref();
+      process.stdout.write(`pvio: machine ${up === true ? name : up} is up (pid ${child.pid}); output in ${log}\n`);
+      return 0;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const last = readFileSync(log, 'utf8').trim().split('\n').pop() ?? '';
+  err(`the machine did not come up${exited !== null ? ` (exit status ${exited})` : ''}${last ? `: ${last.replace(/^pvio: /, '')}` : ''}`);
+  if (exited === null) child.kill('SIGTERM');
+  return 1;
+}
+
+/** Without --machine: the name of a running machine whose pid is `pid` (its log's first line names it), or false. */
+async function pingAny(pid: number): Promise<string | false> {
+  for (const n of machineNames()) {
+    const v = await controlRequest(n, 'pid', [], 1000).catch(() => null);
+    if (v === pid) return n;
+  }
+  return false;
+}
+
+/** `pvio list`, `pvio xenstore-read PATH`, ...: one request to a running machine, its answer printed. */
+async function runControlCommand(cmd: ControlCommand, err: (m: string) => void): Promise<number> {
+  try {
+    const name = chooseMachine(cmd.machine);
+    // Paths in a disk spec are the caller's: the machine resolves them against its cwd.
+    const args = cmd.op === 'block-attach' ? [...cmd.args, process.cwd()] : cmd.args;
+    const value = await controlRequest(name, cmd.op, args);
+    process.stdout.write(formatControlReply(cmd.op, value, cmd.args));
+    return 0;
+  } catch (e) {
+    err((e as Error).message);
+    return 1;
+  }
+}
+
 /**
  * Runs the `pvio` command.
  * @returns the process exit status (0 ok, 1 failure, 2 usage, 130 interrupted).
@@ -133,12 +221,15 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`pvio ${version()}\n`);
     return 0;
   }
+  if (cmd.command === 'control') return runControlCommand(cmd, err);
   if (cmd.command === 'bench') {
     if (cmd.what === 'blk') return (await import('../bench/blk.ts')).benchBlk(cmd.argv);
     if (cmd.what === 'net') return (await import('../bench/net.ts')).benchNet(cmd.argv);
     const { benchRing } = await import('../bench/ring.ts');
     return benchRing(cmd.argv);
   }
+  if (cmd.detach && process.env[DETACHED_ENV] !== '1') return detach(cmd, argv, err);
+  const detachedChild = process.env[DETACHED_ENV] === '1';
   let plan;
   try {
     plan = guestFromCli(cmd);
@@ -166,6 +257,23 @@ export async function main(argv: string[]): Promise<number> {
       else process.stdout.write(text);
     },
   });
+  // The control socket: `pvio list`, `pvio block-attach`, ... talk to this machine.
+  let stopAsked!: () => void;
+  const stopped = new Promise<void>((r) => (stopAsked = r));
+  let stopRequested = false;
+  const stopMachine = () => {
+    stopRequested = true;
+    stopAsked();
+    void machine.shutdown();
+  };
+  const control = await openControl(cmd, machine, stopMachine).catch((e: Error) => {
+    err(`no control socket: ${e.message}`);
+    return null;
+  });
+  if (!control && detachedChild) {
+    await machine.shutdown();
+    return 1;
+  }
   let interrupted = false;
   /** Set once the NBD guest runs: asks it to stop cleanly. */
   let stopNbd: (() => void) | null = null;
@@ -181,13 +289,14 @@ export async function main(argv: string[]): Promise<number> {
     void machine.shutdown();
   };
   process.on('SIGINT', onSignal);
-  if (cmd.nbd) process.on('SIGTERM', onSignal);
+  if (cmd.nbd || detachedChild) process.on('SIGTERM', onSignal);
   let poll: NodeJS.Timeout | null = null;
   try {
     const disks = plan.spec.disks ?? [];
     const xvda = disks.find((d) => d.vdev === 'xvda');
     const xvdaBytes = xvda ? Math.floor(statSync(xvda.path).size / 512) * 512 : 0;
     const digest = xvda && plan.isDefault ? hostDigest(xvda.path, xvdaBytes) : null;
+    if (control) say(`pvio: machine ${control.name}: control socket ${control.server.path}`);
     say(`pvio: booted the hypervisor and Domain-0 in ${((performance.now() - t0) / 1000).toFixed(2)} s; starting ${plan.spec.name} ` +
       `with ${disks.map((d) => `${d.vdev}=${d.path}${d.readOnly ? ' (r)' : ' (w)'}`).join(', ') || 'no disks'}`);
     const g = await machine.createGuest(plan.spec);
@@ -209,6 +318,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     const exit = await g.exit;
     if (poll) clearInterval(poll);
+    if (stopRequested) {
+      say(`pvio: machine stopped ('pvio shutdown')`);
+      return 0;
+    }
     if (progress) {
       if (exit.reason === 0) progress.update(xvdaBytes);
       progress.stop();
@@ -244,6 +357,11 @@ export async function main(argv: string[]): Promise<number> {
       say(`pvio: hypercalls by kind ${JSON.stringify(hc)}; grant maps ${hv.grantMaps as number} (in ${(ba?.mapHypercalls ?? 0) + (bb?.mapHypercalls ?? 0)} batched map calls), unmaps ${hv.grantUnmaps as number}`);
     }
     say(`pvio: ${exit.name} exited (poweroff) after ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+    if (detachedChild && !interrupted) {
+      // Detached: the machine stays up for commands until 'pvio shutdown' (or SIGTERM).
+      say('pvio: the machine stays up until \'pvio shutdown\'');
+      await Promise.race([stopped, new Promise<void>((r) => process.once('SIGTERM', () => r()))]);
+    }
     return ok ? 0 : 1;
   } catch (e) {
     err(e instanceof Error ? e.message : String(e));
@@ -251,6 +369,7 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     if (poll) clearInterval(poll);
     progress?.stop();
+    await control?.server.close();
     await machine.shutdown();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -41,6 +41,10 @@ export type Dom0Request =
   | { type: 'stats'; reqId: number }
   | { type: 'console'; reqId: number; forward: boolean }
   | { type: 'watchXenbus'; reqId: number }
+  /** XenStore access for the toolstack (`pvio xenstore-read/-write/-ls`), with dom0's rights. */
+  | { type: 'xsRead'; reqId: number; path: string }
+  | { type: 'xsWrite'; reqId: number; path: string; value: string }
+  | { type: 'xsList'; reqId: number; path: string }
   | { type: 'shutdown'; reqId: number };
 
 /** A vif as the toolstack asks dom0 to attach it (defaults filled in). */
@@ -129,6 +133,16 @@ export default async function dom0(k: Kernel): Promise<unknown> {
         k.control!.postMessage({ type: 'xenbus', path, state: st } satisfies Dom0Reply);
       }
     });
+  }
+  /** Every node at and below `path`, depth first: [path, value] (a directory's value too, usually empty). */
+  async function xsList(path: string): Promise<Array<[string, string]>> {
+    const out: Array<[string, string]> = [];
+    const walk = async (p: string): Promise<void> => {
+      out.push([p, await xs.read(p)]);
+      for (const c of await xs.directory(p)) await walk(p === '/' ? `/${c}` : `${p}/${c}`);
+    };
+    await walk(path);
+    return out;
   }
   const emit = (name: string, line: string) => {
     consoleCounters.lines++;
@@ -423,6 +437,9 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             break;
           case 'console': forwardConsole = req.forward; break;
           case 'watchXenbus': watchXenbus(); break;
+          case 'xsRead': value = await xs.read(req.path); break;
+          case 'xsWrite': await xs.write(req.path, req.value); break;
+          case 'xsList': value = await xsList(req.path); break;
           case 'shutdown':
             for (const g of [...guests.values()]) await teardownGuest(g);
             capture?.close();

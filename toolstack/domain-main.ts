@@ -17,6 +17,9 @@ import { Kernel, type GuestMain, type SecondaryMain } from '../hypervisor/kernel
 import { probeBlkfronts, watchBlkfronts } from '../blkfront/xenbus.ts';
 import { probeNetfronts, watchNetfronts } from '../netfront/xenbus.ts';
 
+/** What the race between the guest's program and a shutdown request yields for the latter. */
+const SHUTDOWN_ASKED = Symbol('shutdown asked');
+
 /** Worker entry, called by the bootstrap with `workerData`. */
 export async function start(data: { boot: BootInfo }): Promise<void> {
   const k = new Kernel(data.boot);
@@ -53,11 +56,29 @@ export async function start(data: { boot: BootInfo }): Promise<void> {
         await unwatchNics().catch(() => undefined);
       });
     }
+    // The toolstack asks for an orderly shutdown by writing control/shutdown
+    // ("poweroff", "halt"), as xl shutdown does; the guest clears the key (its
+    // acknowledgement, as Linux's xenbus control handler does), closes its devices
+    // and powers off, whether or not its program has finished.
+    let shutdownAsked!: () => void;
+    const asked = new Promise<typeof SHUTDOWN_ASKED>((r) => (shutdownAsked = () => r(SHUTDOWN_ASKED)));
+    if (!k.privileged) {
+      const ctl = `/local/domain/${k.domid}/control/shutdown`;
+      const unwatchCtl = await k.xenbus.watch(ctl, () => {
+        void k.xenbus.readOptional(ctl).then(async (v) => {
+          if (v !== 'poweroff' && v !== 'halt') return;
+          await k.xenbus.write(ctl, '').catch(() => undefined);
+          k.console.log(`shutdown requested (${v})`);
+          shutdownAsked();
+        }, () => undefined);
+      });
+      k.onTeardown(() => unwatchCtl().catch(() => undefined));
+    }
     const mod = (await import(data.boot.guest.module)) as { default?: GuestMain; main?: GuestMain };
     const main = mod.default ?? mod.main;
     if (typeof main !== 'function') throw new Error(`${data.boot.guest.module} has no default export`);
-    const value = await main(k);
-    k.control?.postMessage({ type: 'result', value });
+    const value = await Promise.race([main(k), asked]);
+    if (value !== SHUTDOWN_ASKED) k.control?.postMessage({ type: 'result', value });
   } catch (e) {
     reason = SHUTDOWN.crash;
     const msg = e instanceof Error ? e.message : String(e);

@@ -17,7 +17,7 @@ import { PvioError, TimeoutError } from '../rings/errors.ts';
 import { SpinTokens } from '../hypervisor/spin.ts';
 import { SHUTDOWN, PAGE_SIZE } from '../hypervisor/abi.ts';
 import type { HvMessage, HvRequest } from '../hypervisor/main.ts';
-import type { CreateDomainOptions } from '../hypervisor/hypervisor.ts';
+import type { CreateDomainOptions, DomainSummary } from '../hypervisor/hypervisor.ts';
 import { DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU, type DiskSpec, type VifSpec } from './config.ts';
 import type { Dom0Request, Dom0Reply, Dom0Vif } from './dom0.ts';
 import { XenbusState } from '../xenstore/xenbus.ts';
@@ -495,6 +495,26 @@ export class Machine {
     }
   }
 
+  /**
+   * Asks a guest to shut down (`xl shutdown`): writes `control/shutdown` = `poweroff`
+   * in its XenStore directory; its kernel closes its devices and powers off. A guest
+   * still there after `timeoutMs` (default 10 000 ms) is destroyed.
+   * @returns whether it had to be destroyed.
+   * @throws MachineError when there is no such domain.
+   */
+  async shutdownDomain(domid: number, timeoutMs = 10_000): Promise<{ forced: boolean }> {
+    if (!(await this.domains()).some((d) => d.domid === domid)) throw new MachineError(`no domain ${domid}`);
+    await this.xenstoreWrite(`/local/domain/${domid}/control/shutdown`, 'poweroff');
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const d = (await this.domains()).find((x) => x.domid === domid);
+      if (!d || d.state === 'dying' || d.state === 'dead') return { forced: false };
+      await sleep(20);
+    }
+    await this.destroy(domid);
+    return { forced: true };
+  }
+
   /** Destroys a domain (as `xl destroy`). */
   async destroy(domid: number): Promise<void> {
     await this.hvRequest({ type: 'destroy', reqId: 0, domid });
@@ -565,6 +585,29 @@ export class Machine {
     const r = (await this.dom0Request({ type: 'removeVif', domid, devid, timeoutMs: opts.timeoutMs ?? 10_000 })) as { forced: boolean };
     this.vifIds.get(domid)?.delete(devid);
     return r;
+  }
+
+  /**
+   * Reads a XenStore node (absolute path) with dom0's rights.
+   * @throws MachineError naming the errno (`ENOENT`, `EINVAL`, ...).
+   */
+  async xenstoreRead(path: string): Promise<string> {
+    return (await this.dom0Request({ type: 'xsRead', path })) as string;
+  }
+
+  /** Writes a XenStore node (absolute path) with dom0's rights, creating parents. @throws MachineError naming the errno. */
+  async xenstoreWrite(path: string, value: string): Promise<void> {
+    await this.dom0Request({ type: 'xsWrite', path, value });
+  }
+
+  /** Every node at and below `path`, depth first, with its value. @throws MachineError naming the errno. */
+  async xenstoreList(path = '/'): Promise<Array<[string, string]>> {
+    return (await this.dom0Request({ type: 'xsList', path })) as Array<[string, string]>;
+  }
+
+  /** The domains, as `xl list` shows them (dom0 first). @throws MachineError or TimeoutError when the hypervisor does not answer. */
+  async domains(): Promise<DomainSummary[]> {
+    return ((await this.hypervisorStats()) as { domains: DomainSummary[] }).domains;
   }
 
   /** Hypervisor counters (hypercalls by kind, grant maps, event channels, domains). */

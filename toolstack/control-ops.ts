@@ -1,0 +1,108 @@
+/**
+ * The commands a running machine answers on its control socket (toolstack/control.ts),
+ * in the spirit of `xl`, and how the `pvio` command prints their answers.
+ *
+ * | command | arguments | answer |
+ * |---|---|---|
+ * | `list` | | the domains: id, name, state, memory, vCPUs, busy time |
+ * | `xenstore-ls` | [PATH] (default `/`) | every node below, with its value |
+ * | `xenstore-read` | PATH | the value |
+ * | `xenstore-write` | PATH VALUE | |
+ * | `block-attach` | NAME SPEC CWD | (SPEC as in a config's `disk = [...]`, paths relative to CWD) |
+ * | `block-detach` | NAME VDEV | whether it was forced |
+ * | `network-attach` | NAME [SPEC] | the new vif's devid |
+ * | `network-detach` | NAME DEVID | whether it was forced |
+ * | `destroy` | NAME | |
+ * | `shutdown` | [NAME] | a guest: whether it had to be destroyed; none: the whole machine stops |
+ * | `ping` | | `pong` |
+ * | `pid` | | the process id of the `pvio up` serving it |
+ */
+import { parseDiskSpec, parseVifSpec } from './config.ts';
+import type { Machine } from './machine.ts';
+import type { ControlHandler } from './control.ts';
+import type { DomainSummary } from '../hypervisor/hypervisor.ts';
+
+/** The commands `pvio` sends to a machine (see the module comment). */
+export const CONTROL_COMMANDS = ['list', 'xenstore-ls', 'xenstore-read', 'xenstore-write', 'block-attach', 'block-detach',
+  'network-attach', 'network-detach', 'destroy', 'shutdown'] as const;
+/** One of {@link CONTROL_COMMANDS}. */
+export type ControlCommandName = (typeof CONTROL_COMMANDS)[number];
+
+/** How many arguments each command takes: [least, most]. */
+export const CONTROL_ARITY: Readonly<Record<ControlCommandName, readonly [number, number]>> = {
+  list: [0, 0], 'xenstore-ls': [0, 1], 'xenstore-read': [1, 1], 'xenstore-write': [2, 2], 'block-attach': [2, 2], 'block-detach': [2, 2],
+  'network-attach': [1, 2], 'network-detach': [2, 2], destroy: [1, 1], shutdown: [0, 1],
+};
+
+/**
+ * The handlers of a machine's control socket. `stopMachine` is called for a
+ * `shutdown` without a name (the caller shuts the machine down and exits).
+ */
+export function machineHandlers(m: Machine, stopMachine: () => void): Record<string, ControlHandler> {
+  const domid = async (name: string): Promise<number> => {
+    const d = (await m.domains()).find((x) => x.name === name);
+    if (!d) throw new Error(`no domain named '${name}'`);
+    if (d.domid === 0) throw new Error('Domain-0 cannot be the target of this command');
+    return d.domid;
+  };
+  return {
+    ping: () => 'pong',
+    pid: () => process.pid,
+    list: () => m.domains(),
+    'xenstore-ls': (a) => m.xenstoreList(a[0] ?? '/'),
+    'xenstore-read': (a) => m.xenstoreRead(a[0]),
+    'xenstore-write': (a) => m.xenstoreWrite(a[0], a[1]),
+    'block-attach': async (a) => {
+      const spec = parseDiskSpec(a[1], a[2] ?? process.cwd());
+      await m.attachDisk(await domid(a[0]), spec);
+      return spec.vdev;
+    },
+    'block-detach': async (a) => m.detachDisk(await domid(a[0]), a[1]),
+    'network-attach': async (a) => m.attachVif(await domid(a[0]), a[1] ? parseVifSpec(a[1]) : {}),
+    'network-detach': async (a) => {
+      if (!/^[0-9]{1,3}$/.test(a[1])) throw new Error(`bad devid '${a[1].slice(0, 20)}' (a number, as in eth<devid>)`);
+      return m.detachVif(await domid(a[0]), Number(a[1]));
+    },
+    destroy: async (a) => m.destroy(await domid(a[0])),
+    shutdown: async (a) => {
+      if (a[0] === undefined) {
+        setImmediate(stopMachine); // answer first, then stop
+        return null;
+      }
+      return m.shutdownDomain(await domid(a[0]));
+    },
+  };
+}
+
+/** The `xl list` table of {@link DomainSummary} rows. */
+export function formatList(rows: readonly DomainSummary[]): string {
+  const head = ['Name', 'ID', 'Mem', 'VCPUs', 'State', 'Time(s)'];
+  const cells = rows.map((d) => [d.name, String(d.domid), String(Math.round((d.maxPages * 4096) / 2 ** 20)), String(d.vcpus), d.state, (d.busyMs / 1000).toFixed(1)]);
+  const w = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+  const line = (c: readonly string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
+  return [line(head), ...cells.map(line)].join('\n') + '\n';
+}
+
+/** `xenstore-ls` output: the tree, each node indented by its depth below `root`, as `name = "value"`. */
+export function formatXenstoreTree(root: string, nodes: ReadonlyArray<readonly [string, string]>): string {
+  const base = root === '/' ? 0 : root.split('/').length - 1;
+  return nodes.map(([p, v]) => {
+    const parts = p === '/' ? [''] : p.split('/');
+    const depth = p === root ? 0 : parts.length - 1 - base;
+    return `${' '.repeat(depth)}${p === '/' ? '/' : parts[parts.length - 1]} = "${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+  }).join('\n') + '\n';
+}
+
+/** What `pvio COMMAND` prints for a command's answer (empty: nothing). */
+export function formatControlReply(op: ControlCommandName, value: unknown, args: readonly string[]): string {
+  switch (op) {
+    case 'list': return formatList(value as DomainSummary[]);
+    case 'xenstore-ls': return formatXenstoreTree(args[0] ?? '/', value as Array<[string, string]>);
+    case 'xenstore-read': return `${value as string}\n`;
+    case 'network-attach': return `eth${value as number}\n`;
+    case 'block-detach':
+    case 'network-detach':
+    case 'shutdown': return value && (value as { forced?: boolean }).forced ? 'pvio: the guest did not answer in time: forced\n' : '';
+    default: return '';
+  }
+}
