@@ -2,7 +2,8 @@
 // up --detach` returns once the machine has booted and leaves it running; then every
 // command runs as its own `pvio` process against it — list, xenstore-ls/-read/-write,
 // block-attach (the guest reads the new disk: its SHA-256 equals the file's) and
-// block-detach, network-attach/-detach, destroy, shutdown of a guest and of the
+// block-detach, network-attach/-detach, top (the read shows in its rates), destroy,
+// shutdown of a guest and of the
 // machine — and bad input gets one line and a non-zero status (no such machine, no
 // such domain, a bad name, a socket owned by another user). The socket directory is
 // owner-only, the socket 0600. Each process has a deadline; XDG_RUNTIME_DIR points to
@@ -99,6 +100,28 @@ describe('a running machine, operated by pvio commands', () => {
     const d = await pvio(['network-detach', 'reader', '0', ...M]);
     expect(d.code, d.stderr).toBe(0);
     expect((await pvio(['xenstore-read', '/local/domain/1/device/vif/0/state', ...M])).code).toBe(1);
+  });
+
+  it('top: live rates; a disk read while it runs shows in them', async () => {
+    const img = randomImage(dir, 'top.img', 8 << 20);
+    const t = pvio(['top', '--delay', '0.4', '--iterations', '4', ...M]);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await pvio(['block-attach', 'reader', `file:${img.path},xvdc,r`, ...M])).code).toBe(0);
+    const r = await t;
+    expect(r.code, r.stderr).toBe(0);
+    const screens = r.stdout.split(/\n(?=pvio top — )/);
+    expect(screens).toHaveLength(4); // not a terminal: one screen after the other
+    for (const s of screens) expect(s).toMatch(/^Domain-0\s+0\s+running\s+\d+\.\d\s+\d+\s+1$/m);
+    // The guest read the 8 MiB disk: the MB/s of some screen, times its interval, adds up to it.
+    const read = screens.map((s) => {
+      const over = Number(/over (\d+\.\d+) s/.exec(s)![1]);
+      const row = /^reader\/xvdc\s+\S+\s+\S+\s+(\d+\.\d)\s/m.exec(s);
+      return row ? Number(row[1]) * over : 0;
+    }).reduce((x, y) => x + y, 0);
+    expect(read).toBeGreaterThan(0.8 * 8.39); // MB, within rounding of the 0.1 MB/s column
+    expect(read).toBeLessThan(1.2 * 8.39);
+    await eventually(async () => (await pvio(['xenstore-read', '/local/domain/1/data/xvdc-sha256', ...M])).stdout.trim() === sha256(img.data), 10_000, 'xvdc read');
+    expect((await pvio(['block-detach', 'reader', 'xvdc', ...M])).code).toBe(0);
   });
 
   it('bad input: one line and a non-zero status', async () => {

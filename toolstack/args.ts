@@ -43,6 +43,8 @@ Usage:
   pvio destroy NAME            destroy the guest NAME at once
   pvio shutdown [NAME]         ask the guest NAME to power off (destroyed after 10 s if it
                                does not), or, without NAME, stop the whole machine
+  pvio top [--delay S] [--iterations N]
+                               live per-domain, per-disk and per-vif rates, refreshed in place
   pvio help                    show this help
   pvio --version               print the version
 
@@ -137,6 +139,10 @@ export interface ControlCommand {
   args: string[];
   /** `--machine NAME`; absent: the only machine running. */
   machine?: string;
+  /** `top`: `--delay S`, seconds between screens (default 1). */
+  delaySec?: number;
+  /** `top`: `--iterations N`, screens before it exits (default: until Ctrl-C). */
+  iterations?: number;
 }
 
 /** A parsed command line: see {@link parseCli}. */
@@ -157,6 +163,8 @@ const OPTIONS = {
   pcap: { type: 'string' },
   machine: { type: 'string' },
   detach: { type: 'boolean' },
+  delay: { type: 'string' },
+  iterations: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -244,11 +252,25 @@ export function parseCli(argv: string[]): Cli {
   }
   if ((CONTROL_COMMANDS as readonly string[]).includes(command)) {
     const op = command as ControlCommandName;
-    for (const name of seen.keys()) if (name !== 'machine') throw new UsageError(`option '--${name}' does not apply to '${op}'`);
+    const own = op === 'top' ? ['machine', 'delay', 'iterations'] : ['machine'];
+    for (const name of seen.keys()) if (!own.includes(name)) throw new UsageError(`option '--${name}' does not apply to '${op}'`);
     const [least, most] = CONTROL_ARITY[op];
     if (rest.length < least) throw new UsageError(`'${op}' needs ${least === most ? least : `at least ${least}`} argument${least === 1 ? '' : 's'} (try 'pvio help')`);
     if (rest.length > most) throw new UsageError(`unexpected argument ${q(rest[most]!)}: '${op}' takes ${most === 0 ? 'none' : `at most ${most}`}`);
-    return { command: 'control', op, args: rest, ...(typeof machine === 'string' ? { machine } : {}) };
+    const out: ControlCommand = { command: 'control', op, args: rest, ...(typeof machine === 'string' ? { machine } : {}) };
+    const delay = seen.get('delay');
+    if (typeof delay === 'string') {
+      const n = /^[0-9]+(\.[0-9]+)?$/.test(delay) ? Number(delay) : NaN;
+      if (!(n >= 0.1 && n <= 3600)) throw new UsageError(`option '--delay' needs seconds from 0.1 to 3600, got ${q(delay)}`);
+      out.delaySec = n;
+    }
+    const it = seen.get('iterations');
+    if (typeof it === 'string') {
+      const n = /^[0-9]{1,9}$/.test(it) ? Number(it) : NaN;
+      if (!(n >= 1)) throw new UsageError(`option '--iterations' needs a whole number from 1, got ${q(it)}`);
+      out.iterations = n;
+    }
+    return out;
   }
   if (command !== 'up') throw new UsageError(`unknown command ${q(command)} (try 'pvio help')`);
 

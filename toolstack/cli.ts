@@ -28,9 +28,9 @@ import { PvioError } from '../rings/errors.ts';
 import { RawFileStore } from '../blkback/raw-file-store.ts';
 import { parseCli, USAGE, type ControlCommand, type UpCommand } from './args.ts';
 import { ControlError, ControlServer, chooseMachine, controlRequest, machineNames, runtimeDir } from './control.ts';
-import { formatControlReply, machineHandlers } from './control-ops.ts';
+import { formatControlReply, formatTop, machineHandlers } from './control-ops.ts';
 import { loadConfig, parseDiskSpec, type DiskSpec } from './config.ts';
-import { Machine, type GuestSpec } from './machine.ts';
+import { Machine, type GuestSpec, type MachineSnapshot } from './machine.ts';
 import { createProgress } from './progress.ts';
 import type { DefaultGuestResult } from './guests/default.ts';
 import type { NbdGuestArgs } from './guests/nbd.ts';
@@ -185,10 +185,41 @@ async function pingAny(pid: number): Promise<string | false> {
   return false;
 }
 
+/**
+ * `pvio top`: a snapshot every `--delay` seconds (default 1), each screen the rates
+ * since the last; on a terminal the screen is redrawn in place, else each screen is
+ * printed after the last. Ends after `--iterations` screens, or on Ctrl-C (0), or
+ * when the machine stops (1, with the reason).
+ */
+async function top(name: string, cmd: ControlCommand): Promise<number> {
+  const delayMs = (cmd.delaySec ?? 1) * 1000;
+  const tty = process.stdout.isTTY === true;
+  let stop = false;
+  const onInt = () => {
+    stop = true;
+  };
+  process.once('SIGINT', onInt);
+  try {
+    let prev = (await controlRequest(name, 'stats', [])) as MachineSnapshot;
+    for (let i = 0; !stop && (cmd.iterations === undefined || i < cmd.iterations); i++) {
+      await new Promise((r) => setTimeout(r, delayMs));
+      if (stop) break;
+      const now = (await controlRequest(name, 'stats', [])) as MachineSnapshot;
+      const screen = formatTop(prev, now);
+      process.stdout.write(tty ? `\x1b[H\x1b[2J${screen}` : `${i > 0 ? '\n' : ''}${screen}`);
+      prev = now;
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onInt);
+  }
+}
+
 /** `pvio list`, `pvio xenstore-read PATH`, ...: one request to a running machine, its answer printed. */
 async function runControlCommand(cmd: ControlCommand, err: (m: string) => void): Promise<number> {
   try {
     const name = chooseMachine(cmd.machine);
+    if (cmd.op === 'top') return await top(name, cmd);
     // Paths in a disk spec are the caller's: the machine resolves them against its cwd.
     const args = cmd.op === 'block-attach' ? [...cmd.args, process.cwd()] : cmd.args;
     const value = await controlRequest(name, cmd.op, args);

@@ -14,24 +14,25 @@
  * | `network-detach` | NAME DEVID | whether it was forced |
  * | `destroy` | NAME | |
  * | `shutdown` | [NAME] | a guest: whether it had to be destroyed; none: the whole machine stops |
+ * | `stats` | | a {@link MachineSnapshot} (what `pvio top` turns into rates) |
  * | `ping` | | `pong` |
  * | `pid` | | the process id of the `pvio up` serving it |
  */
 import { parseDiskSpec, parseVifSpec } from './config.ts';
-import type { Machine } from './machine.ts';
+import type { Machine, MachineSnapshot } from './machine.ts';
 import type { ControlHandler } from './control.ts';
 import type { DomainSummary } from '../hypervisor/hypervisor.ts';
 
 /** The commands `pvio` sends to a machine (see the module comment). */
 export const CONTROL_COMMANDS = ['list', 'xenstore-ls', 'xenstore-read', 'xenstore-write', 'block-attach', 'block-detach',
-  'network-attach', 'network-detach', 'destroy', 'shutdown'] as const;
+  'network-attach', 'network-detach', 'destroy', 'shutdown', 'top'] as const;
 /** One of {@link CONTROL_COMMANDS}. */
 export type ControlCommandName = (typeof CONTROL_COMMANDS)[number];
 
 /** How many arguments each command takes: [least, most]. */
 export const CONTROL_ARITY: Readonly<Record<ControlCommandName, readonly [number, number]>> = {
   list: [0, 0], 'xenstore-ls': [0, 1], 'xenstore-read': [1, 1], 'xenstore-write': [2, 2], 'block-attach': [2, 2], 'block-detach': [2, 2],
-  'network-attach': [1, 2], 'network-detach': [2, 2], destroy: [1, 1], shutdown: [0, 1],
+  'network-attach': [1, 2], 'network-detach': [2, 2], destroy: [1, 1], shutdown: [0, 1], top: [0, 0],
 };
 
 /**
@@ -47,6 +48,7 @@ export function machineHandlers(m: Machine, stopMachine: () => void): Record<str
   };
   return {
     ping: () => 'pong',
+    stats: () => m.stats(),
     pid: () => process.pid,
     list: () => m.domains(),
     'xenstore-ls': (a) => m.xenstoreList(a[0] ?? '/'),
@@ -105,4 +107,48 @@ export function formatControlReply(op: ControlCommandName, value: unknown, args:
     case 'shutdown': return value && (value as { forced?: boolean }).forced ? 'pvio: the guest did not answer in time: forced\n' : '';
     default: return '';
   }
+}
+
+/** Per-disk counters dom0 reports (the ones `top` uses). */
+interface DiskCounters { reads: number; writes: number; bytesRead: number; bytesWritten: number }
+/** Per-vif counters dom0 reports (the ones `top` uses). */
+interface VifCounters { txPackets: number; rxPackets: number; txBytes: number; rxBytes: number; rxDropped: number }
+
+/**
+ * One `pvio top` screen: per domain its share of a core (busy time of its vCPU event
+ * loops over the interval) and the memory it has allocated; per disk reads/s, writes/s and MB/s; per vif
+ * packets/s and MB/s each way and drops/s. Rates are the differences between two
+ * snapshots over the time between them (`a` earlier).
+ */
+export function formatTop(a: MachineSnapshot, b: MachineSnapshot): string {
+  const dt = Math.max(1e-3, (b.at - a.at) / 1000);
+  const rate = (x: number, y: number) => Math.max(0, y - x) / dt;
+  const f1 = (x: number) => x.toFixed(1);
+  const table = (head: string[], rows: string[][]) => {
+    const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+    const line = (c: readonly string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
+    return [line(head), ...rows.map(line)].join('\n');
+  };
+  const doms0 = new Map(((a.hypervisor.domains ?? []) as DomainSummary[]).map((d) => [d.domid, d]));
+  const doms = (b.hypervisor.domains ?? []) as DomainSummary[];
+  const out = [`pvio top — ${new Date(b.at).toISOString()}, over ${dt.toFixed(2)} s`, '',
+    table(['Domain', 'ID', 'State', 'CPU%', 'Mem KiB', 'VCPUs'], doms.map((d) => [d.name, String(d.domid), d.state,
+      f1((100 * rate(doms0.get(d.domid)?.busyMs ?? 0, d.busyMs) / 1000)), String(d.ramPages * 4), String(d.vcpus)]))];
+  const disks0 = (a.dom0.disks ?? {}) as Record<string, DiskCounters>;
+  const disks = Object.entries((b.dom0.disks ?? {}) as Record<string, DiskCounters>);
+  if (disks.length > 0) {
+    out.push('', table(['Disk', 'reads/s', 'writes/s', 'read MB/s', 'write MB/s'], disks.map(([k, d]) => {
+      const p = disks0[k] ?? { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0 }; // new in this interval: all of it happened in it
+      return [k, f1(rate(p.reads, d.reads)), f1(rate(p.writes, d.writes)), f1(rate(p.bytesRead, d.bytesRead) / 1e6), f1(rate(p.bytesWritten, d.bytesWritten) / 1e6)];
+    })));
+  }
+  const vifs0 = (a.dom0.vifs ?? {}) as Record<string, VifCounters>;
+  const vifs = Object.entries((b.dom0.vifs ?? {}) as Record<string, VifCounters>);
+  if (vifs.length > 0) {
+    out.push('', table(['Vif', 'tx pkt/s', 'rx pkt/s', 'tx MB/s', 'rx MB/s', 'drops/s'], vifs.map(([k, v]) => {
+      const p = vifs0[k] ?? { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, rxDropped: 0 };
+      return [k, f1(rate(p.txPackets, v.txPackets)), f1(rate(p.rxPackets, v.rxPackets)), f1(rate(p.txBytes, v.txBytes) / 1e6), f1(rate(p.rxBytes, v.rxBytes) / 1e6), f1(rate(p.rxDropped, v.rxDropped))];
+    })));
+  }
+  return out.join('\n') + '\n';
 }
