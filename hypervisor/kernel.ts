@@ -39,6 +39,11 @@ export interface GuestConsole {
   write(text: string): void;
   /** Writes one line (arguments joined with spaces). */
   log(...args: unknown[]): void;
+  /**
+   * Calls `fn` with the text typed at the console (`pvio console NAME`: dom0 writes
+   * it into the ring's `in` half), as it comes (UTF-8, in pieces of any size).
+   */
+  onInput(fn: (text: string) => void): void;
 }
 
 /** A frontend hot-plugged into or detached from a guest ({@link Kernel.onDevice}). */
@@ -149,6 +154,7 @@ export class Kernel {
     return {
       write: (t) => void process.stdout.write(t),
       log: (...a) => void process.stdout.write(prefix + a.map((x) => (typeof x === 'string' ? x : String(x))).join(' ') + '\n'),
+      onInput: () => undefined, // dom0 has no console ring: nothing is ever typed at it
     };
   }
 
@@ -174,9 +180,34 @@ export class Kernel {
       return pending.length === 0;
     };
     this.consoleFlush = flush;
-    // dom0 notifies us when it has consumed output: continue flushing then.
-    this.evtchn.on(port, () => void flush());
+    const inputListeners: Array<(text: string) => void> = [];
+    const inBuf = new Uint8Array(1024);
+    const dec = new TextDecoder();
+    /** Reads what dom0 wrote into `in` and hands it to the listeners. */
+    const readInput = () => {
+      let got = false;
+      for (;;) {
+        const n = ends.in.read(inBuf);
+        if (n === 0) break;
+        got = true;
+        const text = dec.decode(inBuf.subarray(0, n), { stream: true });
+        for (const fn of inputListeners) {
+          try {
+            fn(text);
+          } catch {
+            /* a listener's fault is its own */
+          }
+        }
+      }
+      if (got) this.evtchn.notify(port); // room again in `in`
+    };
+    // dom0 notifies us when it has consumed output (continue flushing) or written input.
+    this.evtchn.on(port, () => {
+      flush();
+      readInput();
+    });
     return {
+      onInput: (fn) => void inputListeners.push(fn),
       write: (t) => {
         pending.push(enc.encode(t));
         flush();

@@ -2,14 +2,15 @@
 // up --detach` returns once the machine has booted and leaves it running; then every
 // command runs as its own `pvio` process against it — list, xenstore-ls/-read/-write,
 // block-attach (the guest reads the new disk: its SHA-256 equals the file's) and
-// block-detach, network-attach/-detach, top (the read shows in its rates), destroy,
+// block-detach, network-attach/-detach, top (the read shows in its rates), console
+// (both ways, Ctrl-] detaches, ends with the guest), destroy,
 // shutdown of a guest and of the
 // machine — and bad input gets one line and a non-zero status (no such machine, no
 // such domain, a bad name, a socket owned by another user). The socket directory is
 // owner-only, the socket 0600. Each process has a deadline; XDG_RUNTIME_DIR points to
 // a directory of this test, so no other machine is touched.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { chownSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -123,6 +124,45 @@ describe('a running machine, operated by pvio commands', () => {
     await eventually(async () => (await pvio(['xenstore-read', '/local/domain/1/data/xvdc-sha256', ...M])).stdout.trim() === sha256(img.data), 10_000, 'xvdc read');
     expect((await pvio(['block-detach', 'reader', 'xvdc', ...M])).code).toBe(0);
   });
+
+  it('console: the guest\'s console both ways; Ctrl-] detaches; the session ends when the guest does', async () => {
+    const cfg = join(dir, 'echo.cfg');
+    writeFileSync(cfg, `name = "echo"\nmemory = 32\nvcpus = 1\nkernel = "${guestPath('echo-console.ts')}"\n`);
+    expect((await pvio(['up', cfg, '--detach', '--machine', 'ctl3'], 120_000)).code).toBe(0);
+    try {
+      /** `pvio console echo` with a pipe for stdin; resolves with its output once it exits. */
+      const session = () => {
+        const p = spawn(process.execPath, [PVIO, 'console', 'echo', '--machine', 'ctl3'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+        let out = '';
+        let errText = '';
+        p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+        p.stderr.on('data', (c: Buffer) => (errText += c.toString()));
+        const done = new Promise<number>((r) => p.once('exit', (code) => r(code ?? 1)));
+        const timer = setTimeout(() => p.kill('SIGKILL'), 20_000);
+        void done.then(() => clearTimeout(timer));
+        return { p, done, out: () => out, err: () => errText };
+      };
+      const a = session();
+      await eventually(() => a.err().includes('Ctrl-] to detach'), 10_000, 'the console to attach');
+      a.p.stdin.write('hello console\n');
+      await eventually(() => a.out().includes('echo: hello console\n'), 10_000, 'the echo');
+      a.p.stdin.write('\x1d');
+      expect(await a.done).toBe(0);
+      expect(a.err()).toMatch(/pvio: detached\n$/);
+      expect((await pvio(['list', '--machine', 'ctl3'])).stdout).toMatch(/^echo\s+1\s+32\s+1\s+running/m); // still running
+
+      const b = session();
+      await eventually(() => b.err().includes('Ctrl-] to detach'), 10_000, 'the console to attach again');
+      b.p.stdin.write('again\n');
+      await eventually(() => b.out().includes('echo: again\n'), 10_000, 'the second echo');
+      expect((await pvio(['shutdown', 'echo', '--machine', 'ctl3'])).code).toBe(0);
+      expect(await b.done).toBe(0);
+      expect(b.err()).toMatch(/pvio: echo exited\n/);
+      expect(b.out()).toMatch(/shutdown requested \(poweroff\)/);
+    } finally {
+      await pvio(['shutdown', '--machine', 'ctl3']);
+    }
+  }, 90_000);
 
   it('bad input: one line and a non-zero status', async () => {
     const cases: Array<[string[], number, RegExp]> = [

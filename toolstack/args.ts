@@ -43,6 +43,7 @@ Usage:
   pvio destroy NAME            destroy the guest NAME at once
   pvio shutdown [NAME]         ask the guest NAME to power off (destroyed after 10 s if it
                                does not), or, without NAME, stop the whole machine
+  pvio console NAME            the guest NAME's console, both ways (Ctrl-] detaches)
   pvio top [--delay S] [--iterations N]
                                live per-domain, per-disk and per-vif rates, refreshed in place
   pvio help                    show this help

@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { PvioError } from '../rings/errors.ts';
 import { RawFileStore } from '../blkback/raw-file-store.ts';
 import { parseCli, USAGE, type ControlCommand, type UpCommand } from './args.ts';
-import { ControlError, ControlServer, chooseMachine, controlRequest, machineNames, runtimeDir } from './control.ts';
+import { ControlError, ControlServer, chooseMachine, controlRequest, controlStream, machineNames, runtimeDir } from './control.ts';
 import { formatControlReply, formatTop, machineHandlers } from './control-ops.ts';
 import { loadConfig, parseDiskSpec, type DiskSpec } from './config.ts';
 import { Machine, type GuestSpec, type MachineSnapshot } from './machine.ts';
@@ -215,11 +215,57 @@ async function top(name: string, cmd: ControlCommand): Promise<number> {
   }
 }
 
+/** Ctrl-]: ends a console session, as in xl console and telnet. */
+const CONSOLE_ESCAPE = 0x1d;
+
+/**
+ * `pvio console NAME`: the guest's console both ways — its lines on stdout, stdin
+ * typed at it (on a terminal in raw mode, Enter sent as a newline) — until Ctrl-]
+ * (0), stdin ends (0), or the guest exits (0, said on stderr).
+ */
+async function consoleSession(machine: string, guest: string, err: (m: string) => void): Promise<number> {
+  const stdin = process.stdin;
+  let ended = false;
+  const conn = await controlStream(machine, 'console', [guest], (m) => {
+    const x = m as { type?: string; line?: string; error?: string };
+    if (x.type === 'output') process.stdout.write(`${x.line}\n`);
+    else if (x.type === 'error') err(x.error ?? 'console error');
+    else if (x.type === 'exit') {
+      ended = true;
+      err(`${guest} exited`);
+      conn.close();
+    }
+  });
+  const tty = stdin.isTTY === true;
+  if (tty) stdin.setRawMode(true);
+  process.stderr.write(`pvio: console of ${guest} (Ctrl-] to detach)\n`);
+  const onData = (chunk: Buffer) => {
+    const i = chunk.indexOf(CONSOLE_ESCAPE);
+    const part = i >= 0 ? chunk.subarray(0, i) : chunk;
+    if (part.length > 0) conn.send({ type: 'input', data: tty ? part.toString('utf8').replace(/\r/g, '\n') : part.toString('utf8') });
+    if (i >= 0) conn.close();
+  };
+  const onEnd = () => conn.close();
+  stdin.on('data', onData);
+  stdin.once('end', onEnd);
+  try {
+    await conn.closed;
+  } finally {
+    stdin.off('data', onData);
+    stdin.off('end', onEnd);
+    if (tty) stdin.setRawMode(false);
+    stdin.pause();
+  }
+  if (!ended) process.stderr.write('pvio: detached\n');
+  return 0;
+}
+
 /** `pvio list`, `pvio xenstore-read PATH`, ...: one request to a running machine, its answer printed. */
 async function runControlCommand(cmd: ControlCommand, err: (m: string) => void): Promise<number> {
   try {
     const name = chooseMachine(cmd.machine);
     if (cmd.op === 'top') return await top(name, cmd);
+    if (cmd.op === 'console') return await consoleSession(name, cmd.args[0], err);
     // Paths in a disk spec are the caller's: the machine resolves them against its cwd.
     const args = cmd.op === 'block-attach' ? [...cmd.args, process.cwd()] : cmd.args;
     const value = await controlRequest(name, cmd.op, args);

@@ -15,24 +15,25 @@
  * | `destroy` | NAME | |
  * | `shutdown` | [NAME] | a guest: whether it had to be destroyed; none: the whole machine stops |
  * | `stats` | | a {@link MachineSnapshot} (what `pvio top` turns into rates) |
+ * | `console` | NAME | a stream: `{type:'output', line}` from the guest's console, `{type:'exit'}` when it ends; the client sends `{type:'input', data}` |
  * | `ping` | | `pong` |
  * | `pid` | | the process id of the `pvio up` serving it |
  */
 import { parseDiskSpec, parseVifSpec } from './config.ts';
-import type { Machine, MachineSnapshot } from './machine.ts';
-import type { ControlHandler } from './control.ts';
+import type { ConsoleEvent, DomainEvent, Machine, MachineSnapshot } from './machine.ts';
+import { ControlStream, type ControlHandler } from './control.ts';
 import type { DomainSummary } from '../hypervisor/hypervisor.ts';
 
 /** The commands `pvio` sends to a machine (see the module comment). */
 export const CONTROL_COMMANDS = ['list', 'xenstore-ls', 'xenstore-read', 'xenstore-write', 'block-attach', 'block-detach',
-  'network-attach', 'network-detach', 'destroy', 'shutdown', 'top'] as const;
+  'network-attach', 'network-detach', 'destroy', 'shutdown', 'top', 'console'] as const;
 /** One of {@link CONTROL_COMMANDS}. */
 export type ControlCommandName = (typeof CONTROL_COMMANDS)[number];
 
 /** How many arguments each command takes: [least, most]. */
 export const CONTROL_ARITY: Readonly<Record<ControlCommandName, readonly [number, number]>> = {
   list: [0, 0], 'xenstore-ls': [0, 1], 'xenstore-read': [1, 1], 'xenstore-write': [2, 2], 'block-attach': [2, 2], 'block-detach': [2, 2],
-  'network-attach': [1, 2], 'network-detach': [2, 2], destroy: [1, 1], shutdown: [0, 1], top: [0, 0],
+  'network-attach': [1, 2], 'network-detach': [2, 2], destroy: [1, 1], shutdown: [0, 1], top: [0, 0], console: [1, 1],
 };
 
 /**
@@ -49,6 +50,25 @@ export function machineHandlers(m: Machine, stopMachine: () => void): Record<str
   return {
     ping: () => 'pong',
     stats: () => m.stats(),
+    console: async (a) => {
+      const id = await domid(a[0]);
+      return new ControlStream((conn) => {
+        const out = (e: ConsoleEvent) => {
+          if (e.domain === a[0]) conn.send({ type: 'output', line: e.line });
+        };
+        const gone = (e: DomainEvent) => {
+          if (e.domid === id && e.state === 'exited') conn.send({ type: 'exit' });
+        };
+        m.on('console', out).on('domain', gone);
+        conn.onMessage((msg) => {
+          const x = msg as { type?: string; data?: unknown };
+          if (x.type === 'input' && typeof x.data === 'string') void m.consoleInput(id, x.data).catch((e: Error) => conn.send({ type: 'error', error: e.message }));
+        });
+        conn.onClose(() => {
+          m.off('console', out).off('domain', gone);
+        });
+      });
+    },
     pid: () => process.pid,
     list: () => m.domains(),
     'xenstore-ls': (a) => m.xenstoreList(a[0] ?? '/'),

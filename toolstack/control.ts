@@ -64,8 +64,26 @@ export function machineNames(): string[] {
   }
 }
 
-/** Handles one request: `args` are the command's arguments; resolves with what to send back. */
+/** Handles one request: `args` are the command's arguments; resolves with what to send back, or a {@link ControlStream}. */
 export type ControlHandler = (args: string[]) => Promise<unknown> | unknown;
+
+/** Both directions of a streaming command's connection, after its first answer. */
+export interface StreamConnection {
+  /** Sends one object (a line of JSON) to the client; nothing once it has gone. */
+  send(msg: unknown): void;
+  /** Calls `fn` with each object the client sends. */
+  onMessage(fn: (msg: unknown) => void): void;
+  /** Calls `fn` once when the client goes (or the connection breaks). */
+  onClose(fn: () => void): void;
+}
+
+/**
+ * What a handler returns to keep the connection open (as `pvio console` does): the
+ * client gets `{ ok: true, value: 'stream' }`, then `start` gets the connection.
+ */
+export class ControlStream {
+  constructor(readonly start: (conn: StreamConnection) => void) {}
+}
 
 /** A listening control socket. */
 export class ControlServer {
@@ -106,8 +124,14 @@ export class ControlServer {
 
 function serveConnection(sock: Socket, handlers: Readonly<Record<string, ControlHandler>>): void {
   let buf = '';
+  /** Set once a streaming command took the connection over: later lines go to it. */
+  let streamInput: ((msg: unknown) => void) | null = null;
+  const closers: Array<() => void> = [];
   sock.setEncoding('utf8');
   sock.on('error', () => undefined);
+  sock.on('close', () => {
+    for (const fn of closers.splice(0)) fn();
+  });
   sock.on('data', (chunk: string) => {
     buf += chunk;
     if (buf.length > 1 << 20) {
@@ -118,13 +142,37 @@ function serveConnection(sock: Socket, handlers: Readonly<Record<string, Control
     while ((nl = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, nl);
       buf = buf.slice(nl + 1);
+      if (streamInput) {
+        try {
+          streamInput(JSON.parse(line));
+        } catch {
+          /* not JSON: ignored */
+        }
+        continue;
+      }
       void answer(line).then((reply) => {
-        if (!sock.destroyed) sock.write(`${JSON.stringify(reply)}\n`);
+        if (sock.destroyed) return;
+        if (reply instanceof ControlStream) {
+          sock.write(`${JSON.stringify({ id: 1, ok: true, value: 'stream' })}\n`);
+          const inputs: Array<(m: unknown) => void> = [];
+          streamInput = (m) => {
+            for (const fn of inputs) fn(m);
+          };
+          reply.start({
+            send: (m) => {
+              if (!sock.destroyed) sock.write(`${JSON.stringify(m)}\n`);
+            },
+            onMessage: (fn) => void inputs.push(fn),
+            onClose: (fn) => void closers.push(fn),
+          });
+          return;
+        }
+        sock.write(`${JSON.stringify(reply)}\n`);
       });
     }
   });
 
-  async function answer(line: string): Promise<unknown> {
+  async function answer(line: string): Promise<unknown | ControlStream> {
     let req: { id?: unknown; op?: unknown; args?: unknown };
     try {
       req = JSON.parse(line) as typeof req;
@@ -138,7 +186,9 @@ function serveConnection(sock: Socket, handlers: Readonly<Record<string, Control
     if (!h) return { id, ok: false, error: `unknown command '${op.slice(0, 40)}'` };
     if (!args) return { id, ok: false, error: 'args must be a list of strings' };
     try {
-      return { id, ok: true, value: (await h(args)) ?? null };
+      const value = await h(args);
+      if (value instanceof ControlStream) return value;
+      return { id, ok: true, value: value ?? null };
     } catch (e) {
       return { id, ok: false, error: String((e as Error)?.message ?? e).split('\n')[0] };
     }
@@ -219,6 +269,72 @@ export async function controlRequest(name: string, op: string, args: string[], t
       }
       if (reply.ok) resolve(reply.value);
       else reject(new ControlError(reply.error ?? 'refused'));
+    });
+    s.once('connect', () => s.write(`${JSON.stringify({ id: 1, op, args })}\n`));
+  });
+}
+
+/**
+ * Opens a streaming command on machine `name` (as `pvio console`): resolves once the
+ * machine accepted it; `onMessage` gets each object it sends; `send` sends one;
+ * `close` ends it; `closed` resolves when the connection is gone.
+ * @throws ControlError as {@link controlRequest}.
+ */
+export async function controlStream(name: string, op: string, args: string[], onMessage: (m: unknown) => void):
+  Promise<{ send(m: unknown): void; close(): void; closed: Promise<void> }> {
+  const path = socketPath(name);
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new ControlError(`no machine named '${name}' is running`);
+  }
+  if (st.uid !== uid()) throw new ControlError(`the socket of machine '${name}' is not owned by you (uid ${st.uid})`);
+  const s = createConnection(path);
+  s.setEncoding('utf8');
+  const closed = new Promise<void>((r) => s.once('close', () => r()));
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    let accepted = false;
+    const t = setTimeout(() => {
+      s.destroy();
+      reject(new ControlError(`machine '${name}' did not answer '${op}'`));
+    }, 30_000);
+    s.once('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(t);
+      if (!accepted) reject(new ControlError(e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? `no machine named '${name}' is running` : `machine '${name}': ${e.message}`));
+    });
+    s.on('data', (chunk: string) => {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let m: { ok?: boolean; value?: unknown; error?: string };
+        try {
+          m = JSON.parse(line) as typeof m;
+        } catch {
+          continue;
+        }
+        if (accepted) {
+          onMessage(m);
+          continue;
+        }
+        clearTimeout(t);
+        if (!m.ok) {
+          s.destroy();
+          reject(new ControlError(m.error ?? 'refused'));
+          return;
+        }
+        accepted = true;
+        resolve({
+          send: (x) => {
+            if (!s.destroyed) s.write(`${JSON.stringify(x)}\n`);
+          },
+          close: () => s.end(),
+          closed,
+        });
+      }
     });
     s.once('connect', () => s.write(`${JSON.stringify({ id: 1, op, args })}\n`));
   });

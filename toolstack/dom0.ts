@@ -13,6 +13,7 @@ import { serveGuestRing } from '../xenstore/connect.ts';
 import type { XenstoreRingServer } from '../xenstore/client.ts';
 import { XenbusState, waitForState } from '../xenstore/xenbus.ts';
 import { consoleDom0Ends } from '../rings/console-ring.ts';
+import type { ByteRingProducer } from '../rings/byte-ring.ts';
 import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
 import { openStore } from '../blkback/open-store.ts';
@@ -45,6 +46,8 @@ export type Dom0Request =
   | { type: 'xsRead'; reqId: number; path: string }
   | { type: 'xsWrite'; reqId: number; path: string; value: string }
   | { type: 'xsList'; reqId: number; path: string }
+  /** Text typed at a guest's console (`pvio console`): written into its ring's `in` half. */
+  | { type: 'consoleInput'; reqId: number; domid: number; data: string }
   | { type: 'shutdown'; reqId: number };
 
 /** A vif as the toolstack asks dom0 to attach it (defaults filled in). */
@@ -81,7 +84,8 @@ interface Guest {
   domid: number;
   name: string;
   store: { server: XenstoreRingServer; port: EvtchnPort; handle: GrantHandle };
-  console: { port: EvtchnPort; handle: GrantHandle; drain(): void; partial: string };
+  /** Its console: `in` is where typed text goes (`pvio console`). */
+  console: { port: EvtchnPort; handle: GrantHandle; drain(): void; partial: string; in: ByteRingProducer };
   disks: BlkbackDevice[];
   vifs: NetbackDevice[];
 }
@@ -134,6 +138,28 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       }
     });
   }
+  /**
+   * Writes `data` into a guest's console `in` ring and notifies it, waiting (up to
+   * 5 s) while the ring is full. @returns the bytes written.
+   * @throws Error when the guest is not introduced or does not read its console.
+   */
+  async function consoleInput(domid: number, data: string): Promise<number> {
+    const g = guests.get(domid);
+    if (!g) throw new Error(`dom${domid} is not introduced`);
+    let bytes = new TextEncoder().encode(data);
+    const total = bytes.length;
+    const deadline = Date.now() + 5000;
+    while (bytes.length > 0) {
+      const n = g.console.in.write(bytes);
+      if (n > 0) k.evtchn.notify(g.console.port);
+      bytes = bytes.subarray(n);
+      if (bytes.length === 0) break;
+      if (Date.now() > deadline) throw new Error(`${g.name} does not read its console`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return total;
+  }
+
   /** Every node at and below `path`, depth first: [path, value] (a directory's value too, usually empty). */
   async function xsList(path: string): Promise<Array<[string, string]>> {
     const out: Array<[string, string]> = [];
@@ -189,7 +215,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     const g: Guest = {
       domid, name, disks: [], vifs: [], store: { ...store, handle: sp.handle },
       console: {
-        port, handle: cp.handle, partial: '',
+        port, handle: cp.handle, partial: '', in: ends.in,
         drain() {
           let got = false;
           for (;;) {
@@ -440,6 +466,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
           case 'xsRead': value = await xs.read(req.path); break;
           case 'xsWrite': await xs.write(req.path, req.value); break;
           case 'xsList': value = await xsList(req.path); break;
+          case 'consoleInput': value = await consoleInput(req.domid, req.data); break;
           case 'shutdown':
             for (const g of [...guests.values()]) await teardownGuest(g);
             capture?.close();

@@ -112,10 +112,17 @@ export interface XenbusEvent {
   readonly stateName: string;
 }
 
+/** A line a guest wrote to its console (`m.on('console', fn)`). */
+export interface ConsoleEvent {
+  readonly domain: string;
+  readonly line: string;
+}
+
 /** The events a {@link Machine} emits, by name. */
 export interface MachineEvents {
   domain: DomainEvent;
   xenbus: XenbusEvent;
+  console: ConsoleEvent;
 }
 
 /** One reading of every counter of a machine ({@link Machine.stats}). */
@@ -205,12 +212,15 @@ export class Machine {
   private readonly consoleSink: MachineOptions['onConsole'];
   private readonly events = new EventEmitter();
   private xenbusWatch: Promise<void> | null = null;
+  /** dom0 sends guests' console lines here (not to its stdout). */
+  private consoleForwarded = false;
   /** Each running guest's vif ids (for {@link attachVif}'s default). */
   private readonly vifIds = new Map<number, Set<number>>();
 
   private constructor(private readonly hv: Worker, private readonly dom0Port: MessagePort, opts: MachineOptions) {
     this.timeoutMs = opts.requestTimeoutMs ?? 30_000;
     this.consoleSink = opts.onConsole;
+    this.consoleForwarded = opts.onConsole !== undefined;
   }
 
   /**
@@ -283,7 +293,9 @@ export class Machine {
 
   private onDom0Message(msg: Dom0Reply): void {
     if (msg.type === 'console') {
-      this.consoleSink?.(msg.domain, msg.line);
+      if (this.consoleSink) this.consoleSink(msg.domain, msg.line);
+      else process.stdout.write(`[${msg.domain}] ${msg.line}\n`); // forwarded for 'console' listeners: still printed, as dom0 would
+      this.emitSafely('console', { domain: msg.domain, line: msg.line });
       return;
     }
     if (msg.type === 'xenbus') {
@@ -417,13 +429,18 @@ export class Machine {
 
   /**
    * Calls `fn` on every event of that name: `domain` (a domain created, running,
-   * paused, exited) or `xenbus` (a device's XenbusState changed; the first `xenbus`
-   * listener arms dom0's watch, see {@link watchXenbus}). A listener that throws is
-   * reported on stderr and stays registered.
+   * paused, exited), `xenbus` (a device's XenbusState changed; the first `xenbus`
+   * listener arms dom0's watch, see {@link watchXenbus}) or `console` (a line a guest
+   * wrote to its console). A listener that throws is reported on stderr and stays
+   * registered.
    */
   on<K extends keyof MachineEvents>(event: K, fn: (e: MachineEvents[K]) => void): this {
     this.events.on(event, fn);
     if (event === 'xenbus') void this.watchXenbus().catch((e: Error) => process.stderr.write(`pvio: xenbus events: ${e.message}\n`));
+    if (event === 'console' && !this.consoleForwarded) {
+      this.consoleForwarded = true;
+      void this.dom0Request({ type: 'console', forward: true }).catch((e: Error) => process.stderr.write(`pvio: console events: ${e.message}\n`));
+    }
     return this;
   }
 
@@ -585,6 +602,15 @@ export class Machine {
     const r = (await this.dom0Request({ type: 'removeVif', domid, devid, timeoutMs: opts.timeoutMs ?? 10_000 })) as { forced: boolean };
     this.vifIds.get(domid)?.delete(devid);
     return r;
+  }
+
+  /**
+   * Types `data` at a guest's console: dom0 writes it into the console ring's `in`
+   * half (the guest's program reads it with `k.console.onInput`).
+   * @returns the bytes written. @throws MachineError (no such domain, a guest that does not read its console).
+   */
+  async consoleInput(domid: number, data: string): Promise<number> {
+    return (await this.dom0Request({ type: 'consoleInput', domid, data })) as number;
   }
 
   /**
