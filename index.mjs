@@ -14,4 +14,5 @@ export const {
   Machine, MachineError, dom0Vif, XenbusState,
   ConfigError, parseConfig, loadConfig, parseDiskSpec, parseVifSpec, DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU,
   PvioError, ProtocolError, TimeoutError, InvariantError,
+  Vchan, VchanError, vchanClient, vchanServer, vchanPath,
 } = api;

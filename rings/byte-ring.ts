@@ -52,6 +52,12 @@ export interface ByteRingSpec {
   readonly consOffset: number;
   /** Byte offset of the u32 producer index (`*_prod`). */
   readonly prodOffset: number;
+  /**
+   * The buffer's own region when it is not in the indices' one (libxenvchan's rings
+   * of 4 KiB and more sit in their own granted pages); `dataOffset` is then an offset
+   * into it. Default: the indices' region.
+   */
+  readonly dataRegion?: Uint8Array;
 }
 
 /**
@@ -109,17 +115,18 @@ export abstract class ByteRing {
    */
   protected constructor(region: Uint8Array, spec: ByteRingSpec) {
     const { dataOffset, size, consOffset, prodOffset } = spec;
+    const dataRegion = spec.dataRegion ?? region;
     invariant(Number.isInteger(size) && size > 0 && (size & (size - 1)) === 0, `byte ring size ${size} is not a power of two`);
-    invariant(Number.isInteger(dataOffset) && dataOffset >= 0 && dataOffset + size <= region.byteLength, 'byte ring buffer does not fit the region');
+    invariant(Number.isInteger(dataOffset) && dataOffset >= 0 && dataOffset + size <= dataRegion.byteLength, 'byte ring buffer does not fit the region');
     for (const off of [consOffset, prodOffset]) {
       invariant(Number.isInteger(off) && off >= 0 && off + 4 <= region.byteLength, `byte ring index @${off} does not fit the region`);
       invariant(((region.byteOffset + off) & 3) === 0, `byte ring index @${off} is not 4-byte aligned`);
-      invariant(off + 4 <= dataOffset || off >= dataOffset + size, `byte ring index @${off} overlaps the buffer`);
+      invariant(dataRegion !== region || off + 4 <= dataOffset || off >= dataOffset + size, `byte ring index @${off} overlaps the buffer`);
     }
     invariant(consOffset !== prodOffset, 'byte ring cons and prod share one word');
     this.size = size;
     this.mask = size - 1;
-    this.data = region.subarray(dataOffset, dataOffset + size);
+    this.data = dataRegion.subarray(dataOffset, dataOffset + size);
     this.consView = new Uint32Array(region.buffer, region.byteOffset + consOffset, 1);
     this.prodView = new Uint32Array(region.buffer, region.byteOffset + prodOffset, 1);
   }

@@ -26,3 +26,5 @@ export type { Kernel, GuestMain, SecondaryMain, GuestConsole, DeviceEvent } from
 export type { Blkfront, BlkfrontHandshakeError } from '../blkfront/xenbus.ts';
 export type { Netfront, NetfrontHandshakeError } from '../netfront/xenbus.ts';
 export type { SendOptions, NetfrontCounters } from '../netfront/netfront.ts';
+export { Vchan, VchanError, vchanClient, vchanServer, vchanPath } from '../vchan/vchan.ts';
+export type { VchanClientOptions, VchanServerOptions } from '../vchan/vchan.ts';
