@@ -31,7 +31,7 @@ import { blkifAbi, BLKIF_MAX_SEGMENTS_PER_REQUEST, VDISK_READONLY, XEN_IO_PROTO_
 import { PAGE_SIZE, type EvtchnPort, type GrantRef } from '../hypervisor/abi.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import type { GuestExtent } from '../hypervisor/guest-memory.ts';
-import { XenbusState, switchState, waitForState, readState, readUintKey } from '../xenstore/xenbus.ts';
+import { XenbusState, switchState, waitForState, readState, readUintKey, watchFrontends } from '../xenstore/xenbus.ts';
 import {
   BlkfrontIo, BlkfrontRing, BlkError, BLKFRONT_MAX_INDIRECT_SEGMENTS,
   type BlkfrontCounters, type BlkfrontDiskInfo, type BlkfrontFeatures,
@@ -307,30 +307,8 @@ export async function connectBlkfront(k: Kernel, devid: string, opts: BlkfrontOp
  * may be attached again.
  * @returns the function that stops watching.
  */
-export async function watchBlkfronts(k: Kernel, known: Iterable<string>, opts: BlkfrontOptions = {}): Promise<() => Promise<void>> {
-  const base = `/local/domain/${k.domid}/device/vbd`;
-  const connected = new Map<string, Blkfront | null>();
-  for (const id of known) connected.set(id, null);
-  const scan = async () => {
-    const ids = await k.xenbus.directory(base).catch(() => [] as string[]);
-    for (const [id, dev] of connected) if (!ids.includes(id) && (dev === null || dev.isClosed)) connected.delete(id);
-    for (const id of ids) {
-      if (connected.has(id)) continue;
-      connected.set(id, null);
-      try {
-        const dev = await connectBlkfront(k, id, opts);
-        connected.set(id, dev);
-        k.addDevice(dev.name, dev);
-      } catch (e) {
-        connected.delete(id);
-        k.console.log(`hot-plugged disk ${id}: ${(e as Error).message}`);
-      }
-    }
-  };
-  let chain = Promise.resolve();
-  return k.xenbus.watch(base, () => {
-    chain = chain.then(scan, scan);
-  });
+export function watchBlkfronts(k: Kernel, known: Iterable<string>, opts: BlkfrontOptions = {}): Promise<() => Promise<void>> {
+  return watchFrontends(k, 'vbd', known, (id) => connectBlkfront(k, id, opts));
 }
 
 /**

@@ -24,7 +24,7 @@ import { NETIF_RX_RING_ENTRY_SIZE, NETIF_TX_RING_ENTRY_SIZE } from '../rings/net
 import { PAGE_SIZE, type EvtchnPort, type GrantRef } from '../hypervisor/abi.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import { TimeoutError } from '../rings/errors.ts';
-import { XenbusState, switchState, readState, waitForState, readUintKey } from '../xenstore/xenbus.ts';
+import { XenbusState, switchState, readState, waitForState, readUintKey, watchFrontends } from '../xenstore/xenbus.ts';
 import { NetfrontQueue, NetfrontBrokenError, type NetfrontCounters, type SendOptions } from './netfront.ts';
 
 const HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -335,30 +335,8 @@ export async function connectNetfront(k: Kernel, devid: string, opts: NetfrontOp
  * ({@link Kernel.addDevice}); a detached vif leaves once closed and its id may come
  * again. @returns the function that stops watching.
  */
-export async function watchNetfronts(k: Kernel, known: Iterable<string>, opts: NetfrontOptions = {}): Promise<() => Promise<void>> {
-  const base = `/local/domain/${k.domid}/device/vif`;
-  const connected = new Map<string, Netfront | null>();
-  for (const id of known) connected.set(id, null);
-  const scan = async () => {
-    const ids = await k.xenbus.directory(base).catch(() => [] as string[]);
-    for (const [id, nic] of connected) if (!ids.includes(id) && (nic === null || nic.isClosed)) connected.delete(id);
-    for (const id of ids) {
-      if (connected.has(id)) continue;
-      connected.set(id, null);
-      try {
-        const nic = await connectNetfront(k, id, opts);
-        connected.set(id, nic);
-        k.addDevice(nic.name, nic);
-      } catch (e) {
-        connected.delete(id);
-        k.console.log(`hot-plugged vif ${id}: ${(e as Error).message}`);
-      }
-    }
-  };
-  let chain = Promise.resolve();
-  return k.xenbus.watch(base, () => {
-    chain = chain.then(scan, scan);
-  });
+export function watchNetfronts(k: Kernel, known: Iterable<string>, opts: NetfrontOptions = {}): Promise<() => Promise<void>> {
+  return watchFrontends(k, 'vif', known, (id) => connectNetfront(k, id, opts));
 }
 
 /**

@@ -228,11 +228,10 @@ export function chooseMachine(name: string | undefined): string {
 }
 
 /**
- * Sends one request to machine `name` and returns its answer's value.
- * @throws ControlError: no such machine, a socket owned by another user, no answer
- *   within `timeoutMs`, or the machine's one-line refusal.
+ * The socket path of machine `name`, once checked: it exists, is a socket and is
+ * the user's own. @throws ControlError naming what is wrong.
  */
-export async function controlRequest(name: string, op: string, args: string[], timeoutMs = 60_000): Promise<unknown> {
+function checkedSocket(name: string): string {
   const path = socketPath(name);
   let st;
   try {
@@ -242,6 +241,16 @@ export async function controlRequest(name: string, op: string, args: string[], t
   }
   if (!st.isSocket()) throw new ControlError(`${path} is not a socket`);
   if (st.uid !== uid()) throw new ControlError(`the socket of machine '${name}' is not owned by you (uid ${st.uid})`);
+  return path;
+}
+
+/**
+ * Sends one request to machine `name` and returns its answer's value.
+ * @throws ControlError: no such machine, a socket owned by another user, no answer
+ *   within `timeoutMs`, or the machine's one-line refusal.
+ */
+export async function controlRequest(name: string, op: string, args: string[], timeoutMs = 60_000): Promise<unknown> {
+  const path = checkedSocket(name);
   return new Promise((resolve, reject) => {
     const s = createConnection(path);
     let buf = '';
@@ -282,14 +291,7 @@ export async function controlRequest(name: string, op: string, args: string[], t
  */
 export async function controlStream(name: string, op: string, args: string[], onMessage: (m: unknown) => void):
   Promise<{ send(m: unknown): void; close(): void; closed: Promise<void> }> {
-  const path = socketPath(name);
-  let st;
-  try {
-    st = statSync(path);
-  } catch {
-    throw new ControlError(`no machine named '${name}' is running`);
-  }
-  if (st.uid !== uid()) throw new ControlError(`the socket of machine '${name}' is not owned by you (uid ${st.uid})`);
+  const path = checkedSocket(name);
   const s = createConnection(path);
   s.setEncoding('utf8');
   const closed = new Promise<void>((r) => s.once('close', () => r()));

@@ -154,3 +154,47 @@ export function waitForState(
     );
   });
 }
+
+/** What {@link watchFrontends} needs of a guest's kernel. */
+export interface HotplugHost {
+  readonly domid: number;
+  readonly xenbus: XenbusClient;
+  readonly console: { log(...args: unknown[]): void };
+  addDevice(name: string, dev: unknown): void;
+}
+
+/**
+ * Hot-plug for one device type, as Linux's xenbus probe watches `device/<type>`:
+ * connects each device the toolstack adds after boot (`known`: the ids connected
+ * already) with `connect(id)` and adds it to the kernel's devices; one whose
+ * handshake fails is logged on the console. A device that closed (a detach) is
+ * forgotten once its directory is gone, so its id may come again.
+ * @returns the function that stops watching.
+ */
+export async function watchFrontends<D extends { readonly name: string; readonly isClosed: boolean }>(
+  k: HotplugHost, type: string, known: Iterable<string>, connect: (id: string) => Promise<D>,
+): Promise<() => Promise<void>> {
+  const base = `/local/domain/${k.domid}/device/${type}`;
+  const connected = new Map<string, D | null>();
+  for (const id of known) connected.set(id, null);
+  const scan = async () => {
+    const ids = await k.xenbus.directory(base).catch(() => [] as string[]);
+    for (const [id, dev] of connected) if (!ids.includes(id) && (dev === null || dev.isClosed)) connected.delete(id);
+    for (const id of ids) {
+      if (connected.has(id)) continue;
+      connected.set(id, null);
+      try {
+        const dev = await connect(id);
+        connected.set(id, dev);
+        k.addDevice(dev.name, dev);
+      } catch (e) {
+        connected.delete(id);
+        k.console.log(`hot-plugged ${type} ${id}: ${(e as Error).message}`);
+      }
+    }
+  };
+  let chain = Promise.resolve();
+  return k.xenbus.watch(base, () => {
+    chain = chain.then(scan, scan);
+  });
+}
