@@ -52,7 +52,7 @@ describe('npm pack → install into an empty project', () => {
   it('the tarball holds the entry, the declarations and the sources, not the tests', async () => {
     const list = await run('tar', ['tzf', tarball], dir, 30_000);
     const files = list.stdout.split('\n');
-    for (const f of ['package/index.mjs', 'package/types/toolstack/api.d.ts', 'package/toolstack/api.ts', 'package/hypervisor/worker-bootstrap.mjs', 'package/toolstack/bin/pvio.mjs']) {
+    for (const f of ['package/index.mjs', 'package/testing.mjs', 'package/types/testing/index.d.ts', 'package/types/toolstack/api.d.ts', 'package/toolstack/api.ts', 'package/hypervisor/worker-bootstrap.mjs', 'package/toolstack/bin/pvio.mjs']) {
       expect(files).toContain(f);
     }
     expect(files.some((f) => f.startsWith('package/test/'))).toBe(false);
@@ -71,6 +71,15 @@ export default async function main(k) {
   return { digest: h.digest('hex'), sectors: d.sectors, args: k.args };
 }
 `);
+    writeFileSync(join(project, 'kit.mjs'), `import { MockMachine, MockFrontend } from 'pvio/testing';
+const mm = new MockMachine();
+const fe = new MockFrontend(mm.dom(1), 0, 16);
+const [m] = mm.dom(0).gnttab.map([{ domid: 1, ref: fe.ref, readonly: false }]);
+console.log(JSON.stringify({ status: m.status, size: fe.ring.size }));
+`);
+    const kit = await run(process.execPath, ['kit.mjs'], project, 30_000);
+    expect(kit.code, kit.stderr).toBe(0);
+    expect(JSON.parse(kit.stdout)).toEqual({ status: 0, size: 128 }); // pvio/testing works from the package too
     writeFileSync(join(project, 'main.mjs'), `import { Machine, parseDiskSpec } from 'pvio';
 const m = await Machine.boot({ onConsole: () => {} });
 try {
@@ -94,6 +103,8 @@ try {
 
   it('TypeScript type-checks against the generated declarations, and they refuse a misuse', async () => {
     writeFileSync(join(project, 'check.ts'), `import { Machine, MachineError, parseDiskSpec, type DomainExit, type GuestSpec, type Kernel, type Blkfront } from 'pvio';
+import { MockMachine } from 'pvio/testing';
+export const served: number = new MockMachine().dom(1).counters.maps;
 const spec: GuestSpec = { name: 'reader', memoryMiB: 32, vcpus: 1, kernel: './guest.mjs', disks: [parseDiskSpec('file:disk.img,xvda,r', '.')] };
 export async function digestOf(): Promise<string> {
   const m: Machine = await Machine.boot({ onConsole: (domain: string, line: string) => void [domain, line] });
