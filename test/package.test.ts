@@ -52,7 +52,7 @@ describe('npm pack → install into an empty project', () => {
   it('the tarball holds the entry, the declarations and the sources, not the tests', async () => {
     const list = await run('tar', ['tzf', tarball], dir, 30_000);
     const files = list.stdout.split('\n');
-    for (const f of ['package/index.mjs', 'package/testing.mjs', 'package/types/testing/index.d.ts', 'package/types/toolstack/api.d.ts', 'package/toolstack/api.ts', 'package/hypervisor/worker-bootstrap.mjs', 'package/toolstack/bin/pvio.mjs']) {
+    for (const f of ['package/index.mjs', 'package/testing.mjs', 'package/kit.mjs', 'package/types/kit/index.d.ts', 'package/types/testing/index.d.ts', 'package/types/toolstack/api.d.ts', 'package/toolstack/api.ts', 'package/hypervisor/worker-bootstrap.mjs', 'package/toolstack/bin/pvio.mjs']) {
       expect(files).toContain(f);
     }
     expect(files.some((f) => f.startsWith('package/test/'))).toBe(false);
@@ -104,7 +104,14 @@ try {
   it('TypeScript type-checks against the generated declarations, and they refuse a misuse', async () => {
     writeFileSync(join(project, 'check.ts'), `import { Machine, MachineError, parseDiskSpec, type DomainExit, type GuestSpec, type Kernel, type Blkfront } from 'pvio';
 import { MockMachine } from 'pvio/testing';
+import { FrontRing, XenbusBackend, type XenbusTransaction } from 'pvio/kit';
 export const served: number = new MockMachine().dom(1).counters.maps;
+export const ring: FrontRing = FrontRing.init(new Uint8Array(new SharedArrayBuffer(4096)), 64);
+export abstract class MyBackend extends XenbusBackend {
+  protected async advertise(tx: XenbusTransaction): Promise<void> {
+    await tx.write(\`\${this.backendDir}/feature-x\`, '1');
+  }
+}
 const spec: GuestSpec = { name: 'reader', memoryMiB: 32, vcpus: 1, kernel: './guest.mjs', disks: [parseDiskSpec('file:disk.img,xvda,r', '.')] };
 export async function digestOf(): Promise<string> {
   const m: Machine = await Machine.boot({ onConsole: (domain: string, line: string) => void [domain, line] });
