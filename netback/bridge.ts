@@ -33,6 +33,26 @@ export interface BridgePort {
   output(frame: Uint8Array, csumBlank: boolean): void;
 }
 
+/**
+ * What a user's bridge-port module (`Machine.addBridgePort`) gets: the bridge's name,
+ * the arguments given, and `input` to put frames into the bridge as its port.
+ */
+export interface BridgePortContext {
+  readonly bridge: string;
+  readonly args: unknown;
+  /** Puts a frame into the bridge through this port (copied as the bridge needs). */
+  input(frame: Uint8Array, csumBlank?: boolean): void;
+  /** dom0's console, for the port's log lines. */
+  log(...args: unknown[]): void;
+}
+
+/**
+ * A user's bridge-port module: its default export makes the port (loaded in dom0,
+ * the bridge's domain). `name` is the port's name in reports; `output` gets each
+ * frame the bridge sends to it (valid only during the call).
+ */
+export type BridgePortModule = (ctx: BridgePortContext) => { readonly name: string; readonly csumOffload?: boolean; output(frame: Uint8Array, csumBlank: boolean): void };
+
 /** Counters of a bridge (frames, not bytes, except `bytes`). */
 export interface BridgeCounters {
   /** Frames that entered the bridge. */

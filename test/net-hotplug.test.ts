@@ -8,7 +8,7 @@
 // requests get one clear error.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
-import { rpcGuest } from './helpers.ts';
+import { rpcGuest, guestPath as guestPathOf } from './helpers.ts';
 
 let m: Machine;
 let a: GuestHandle;
@@ -81,5 +81,25 @@ describe('vif hot-plug', () => {
     await expect(m.detachVif(a.domid, 7)).rejects.toThrow(/has no vif 7/);
     await expect(m.attachVif(a.domid, {}, 1)).rejects.toThrow(/already has a vif 1/);
     await expect(m.attachVif(999, {})).rejects.toThrow(/dom999 is not introduced/);
+  });
+});
+
+describe('a user\'s bridge port, loaded in dom0', () => {
+  it('gets the frames the bridge floods to it and puts frames into the bridge', async () => {
+    const name = await m.addBridgePort('portbr', guestPathOf('reflector-port.ts'), { mac: [2, 0, 0, 0, 0, 0x99] });
+    expect(name).toBe('reflector@portbr');
+    const g = await rpcGuest(m, 'withport', { vifs: [{ bridge: 'portbr' }] });
+    const info = (await g.call('nicInfo', { name: 'eth0' })) as { mac: string };
+    const out = frame('ff:ff:ff:ff:ff:ff', info.mac, 80, 9);
+    await g.call('nicSend', { name: 'eth0', frames: [out] });
+    const [back] = (await g.call('nicReceive', { name: 'eth0', max: 1 })) as number[][];
+    expect(back.slice(0, 6)).toEqual(macBytes(info.mac)); // to the guest
+    expect(back.slice(6, 12)).toEqual([2, 0, 0, 0, 0, 0x99]); // from the port
+    expect(back.slice(12)).toEqual(out.slice(12));
+    const ports = ((await m.dom0Stats()) as { bridges: Record<string, { ports: string[] }> }).bridges.portbr.ports;
+    expect(ports.sort()).toEqual([`vif${g.domid}.0`, 'reflector@portbr'].sort());
+    await expect(m.addBridgePort('portbr', guestPathOf('not-a-port.ts'))).rejects.toThrow(/the port must have a name and an output\(frame\) method/);
+    await g.call('exit', {});
+    await g.exit;
   });
 });

@@ -28,3 +28,4 @@ export type { Netfront, NetfrontHandshakeError } from '../netfront/xenbus.ts';
 export type { SendOptions, NetfrontCounters } from '../netfront/netfront.ts';
 export { Vchan, VchanError, vchanClient, vchanServer, vchanPath } from '../vchan/vchan.ts';
 export type { VchanClientOptions, VchanServerOptions } from '../vchan/vchan.ts';
+export type { BridgePortContext, BridgePortModule } from '../netback/bridge.ts';

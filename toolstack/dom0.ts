@@ -19,7 +19,7 @@ import { BlkbackDevice } from '../blkback/xenbus.ts';
 import { openStore } from '../blkback/open-store.ts';
 import { serveBlkbackQueues, storeIsShareable } from '../blkback/vcpu-queues.ts';
 import { RingScheduler } from '../rings/scheduler.ts';
-import { Bridge } from '../netback/bridge.ts';
+import { Bridge, type BridgePort, type BridgePortModule } from '../netback/bridge.ts';
 import { NetbackDevice } from '../netback/xenbus.ts';
 import type { NetbackQueue, NetbackRate } from '../netback/netback.ts';
 import { PcapWriter } from '../netback/pcap.ts';
@@ -36,6 +36,8 @@ export type Dom0Request =
   | { type: 'resizeDisk'; reqId: number; domid: number; vdev: string; sizeBytes: number }
   | { type: 'removeDisk'; reqId: number; domid: number; vdev: string; timeoutMs: number }
   | { type: 'addVif'; reqId: number; domid: number; vif: Dom0Vif }
+  /** A user's bridge port: `module` (a file URL) is loaded here and joined to `bridge`. */
+  | { type: 'addBridgePort'; reqId: number; bridge: string; module: string; args: unknown }
   | { type: 'removeVif'; reqId: number; domid: number; devid: number; timeoutMs: number }
   | { type: 'capture'; reqId: number; path: string | null }
   | { type: 'release'; reqId: number; domid: number }
@@ -374,6 +376,34 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     return { forced };
   }
 
+  /**
+   * Loads a user's bridge-port module (its default export, a {@link BridgePortModule})
+   * and joins the port it makes to bridge `name` (created if new).
+   * @returns the port's name. @throws Error when the module cannot be loaded or makes no port.
+   */
+  async function addBridgePort(name: string, module: string, args: unknown): Promise<string> {
+    const mod = (await import(module)) as { default?: BridgePortModule };
+    if (typeof mod.default !== 'function') throw new Error(`${module}: its default export must make a bridge port`);
+    const b = bridge(name);
+    // The port object exists before `input` is first called: the module may call it later only.
+    let port: BridgePort | null = null;
+    const made = mod.default({
+      bridge: name, args,
+      input: (frame, csumBlank = false) => {
+        if (port) b.input(port, frame, csumBlank);
+      },
+      log: (...a) => k.console.log(`bridge port ${name}:`, ...a),
+    });
+    if (made && typeof (made as { then?: unknown }).then === 'function') {
+      void (made as unknown as Promise<unknown>).catch(() => undefined); // not a port: do not let it reject unhandled in dom0
+      throw new Error(`${module}: its default export must return the port itself, not a promise`);
+    }
+    if (!made || typeof made.output !== 'function' || typeof made.name !== 'string') throw new Error(`${module}: the port must have a name and an output(frame) method`);
+    port = { name: made.name, csumOffload: made.csumOffload ?? false, output: (f, c) => made.output(f, c) };
+    b.addPort(port);
+    return made.name;
+  }
+
   function vifStats(v: NetbackDevice): unknown {
     return { ...v.counters(), bridge: v.opts.bridge.name, protocolError: v.protocolError, negotiated: v.negotiated };
   }
@@ -455,6 +485,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
           }
           case 'stats': value = await stats(); break;
           case 'addVif': await addVif(req.domid, req.vif); break;
+          case 'addBridgePort': value = await addBridgePort(req.bridge, req.module, req.args); break;
           case 'removeVif': value = await removeVif(req); break;
           case 'capture':
             capture?.close();

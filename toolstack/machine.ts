@@ -605,6 +605,19 @@ export class Machine {
   }
 
   /**
+   * Joins a user's bridge port to bridge `bridge` (created if new): `module` (a path
+   * relative to the cwd, or a file URL) is loaded in dom0, the bridge's domain; its
+   * default export gets a `BridgePortContext` (the bridge's name, `args`, `input` to
+   * put frames into the bridge) and returns the port (`name`, `output(frame)`), which
+   * gets every frame the bridge sends it, as a vif would.
+   * @returns the port's name. @throws MachineError when the module does not load or make a port.
+   */
+  async addBridgePort(bridge: string, module: string, args?: unknown): Promise<string> {
+    const url = module.startsWith('file:') ? module : pathToFileURL(isAbsolute(module) ? module : resolve(module)).href;
+    return (await this.dom0Request({ type: 'addBridgePort', bridge, module: url, args: args ?? null })) as string;
+  }
+
+  /**
    * Types `data` at a guest's console: dom0 writes it into the console ring's `in`
    * half (the guest's program reads it with `k.console.onInput`).
    * @returns the bytes written. @throws MachineError (no such domain, a guest that does not read its console).
