@@ -92,6 +92,19 @@ export interface BlkbackCounters {
 }
 
 /** A fresh, all-zero {@link BlkbackCounters}. */
+/**
+ * Buckets of a request-latency histogram: bucket 0 counts requests answered in under
+ * 2 µs, bucket i ≥ 1 those in [2^i, 2^(i+1)) µs, the last one everything slower
+ * (from taking the request off the ring to writing its response).
+ */
+export const LATENCY_BUCKETS = 24;
+
+/** The bucket of a latency of `us` microseconds. */
+export function latencyBucket(us: number): number {
+  if (!(us >= 2)) return 0;
+  return Math.min(LATENCY_BUCKETS - 1, Math.floor(Math.log2(us)));
+}
+
 export function newBlkbackCounters(): BlkbackCounters {
   return {
     requests: 0, reads: 0, writes: 0, flushes: 0, barriers: 0, discards: 0, indirect: 0, errors: 0,
@@ -171,6 +184,8 @@ interface Slot {
   rspOp: number;
   id: number;
   status: number;
+  /** When it was taken off the ring (performance.now(), ms). */
+  t0: number;
   sector: number;
   nseg: number;
   req: BlkifRequest;
@@ -188,7 +203,7 @@ interface Slot {
 
 function newSlot(): Slot {
   return {
-    op: 0, rspOp: 0, id: 0, status: 0, sector: 0, nseg: 0,
+    op: 0, rspOp: 0, id: 0, status: 0, t0: 0, sector: 0, nseg: 0,
     req: { operation: 0, nrSegments: 0, handle: 0, id: 0, sectorNumber: 0, segments: [] },
     ind: { operation: 0, indirectOp: 0, nrSegments: 0, handle: 0, id: 0, sectorNumber: 0, indirectGrefs: [] },
     disc: { operation: 0, flag: 0, handle: 0, id: 0, sectorNumber: 0, nrSectors: 0 },
@@ -219,6 +234,8 @@ interface InFlight {
   id: number;
   /** The frontend's request id, echoed in the response. */
   reqId: number;
+  /** When the request was taken off the ring (performance.now(), ms). */
+  t0: number;
   /** The operation the response carries. */
   rspOp: number;
   /** BLKIF_OP_* for accounting (READ, WRITE, FLUSH_DISKCACHE, WRITE_BARRIER, DISCARD). */
@@ -290,6 +307,8 @@ export interface BlkbackRingOptions {
 export class BlkbackRing {
   readonly ring: BackRing;
   readonly counters: BlkbackCounters = newBlkbackCounters();
+  /** Requests answered, by latency bucket ({@link LATENCY_BUCKETS}, {@link latencyBucket}). */
+  readonly latencyUs: number[] = new Array<number>(LATENCY_BUCKETS).fill(0);
   private sectors: number;
   private readonly copyBuf: Uint8Array;
   private readonly copyDv: DataView;
@@ -430,6 +449,7 @@ export class BlkbackRing {
     s.nseg = 0;
     s.indMaps.length = 0;
     s.maps.length = 0;
+    s.t0 = performance.now();
     this.counters.requests++;
     switch (r.operation) {
       case BLKIF_OP_READ:
@@ -647,7 +667,7 @@ export class BlkbackRing {
   private dispatch(s: Slot): void {
     if (s.status !== BLKIF_RSP_OKAY) {
       for (const m of s.maps) if (m) this.release(m);
-      this.respond(s.id, s.rspOp, s.status);
+      this.respond(s.id, s.rspOp, s.status, s.t0);
       return;
     }
     const maps: Mapping[] = [];
@@ -662,7 +682,7 @@ export class BlkbackRing {
       bytes += (g.lastSect - g.firstSect + 1) * SECTOR_SIZE;
     }
     const op = s.op === BLKIF_OP_INDIRECT ? s.rspOp : s.op;
-    const f: InFlight = { id: this.opts.mux.nextId(), reqId: s.id, rspOp: s.rspOp, op, maps, bytes, thenFlush: false };
+    const f: InFlight = { id: this.opts.mux.nextId(), reqId: s.id, t0: s.t0, rspOp: s.rspOp, op, maps, bytes, thenFlush: false };
     let req: StorageRequest;
     switch (op) {
       case BLKIF_OP_READ: req = { id: f.id, op: 'read', offset: s.sector * SECTOR_SIZE, iov }; break;
@@ -699,7 +719,7 @@ export class BlkbackRing {
     for (const m of f.maps) this.release(m);
     this.account(f, st);
     if (f.op === BLKIF_OP_WRITE_BARRIER) this.barrierInFlight = false;
-    if (!this.dead && !this.closing) this.respond(f.reqId, f.rspOp, st);
+    if (!this.dead && !this.closing) this.respond(f.reqId, f.rspOp, st, f.t0);
   }
 
   private account(f: InFlight, st: StorageStatus): void {
@@ -738,8 +758,9 @@ export class BlkbackRing {
     if (!this.dead && !this.closing) this.push();
   };
 
-  private respond(id: number, operation: number, status: number): void {
+  private respond(id: number, operation: number, status: number, t0: number): void {
     if (status !== BLKIF_RSP_OKAY) this.counters.errors++;
+    this.latencyUs[latencyBucket((performance.now() - t0) * 1000)]++;
     const off = this.ring.produceResponse();
     this.opts.abi.writeResponse(this.ring.view, off, { id, operation, status });
   }

@@ -51,6 +51,8 @@ export interface BlkbackQueueStats {
   /** Ring slots consumed, and slot copies made by the one copying accessor. */
   readonly slotsConsumed: number;
   readonly slotCopies: number;
+  /** Requests answered by latency bucket (see blkback.ts `latencyBucket`). */
+  readonly latencyUs: number[];
   /** The error that disabled the ring, if any. */
   readonly ringError: string | null;
 }
@@ -128,7 +130,7 @@ export class BlkbackQueue {
     const r = this.ring;
     return {
       vcpu: this.k.vcpuId, counters: { ...r.counters }, inFlight: r.inFlight(), persistentGrants: r.persistentGrants(),
-      slotsConsumed: r.ring.counters.requestsConsumed, slotCopies: r.ring.counters.requestCopies, ringError: this.ringError,
+      slotsConsumed: r.ring.counters.requestsConsumed, slotCopies: r.ring.counters.requestCopies, latencyUs: [...r.latencyUs], ringError: this.ringError,
     };
   }
 

@@ -37,7 +37,7 @@ import { blkbackFeatures, type BlkbackFeatures } from './features.ts';
 import type { Kernel } from '../hypervisor/kernel.ts';
 import { XenbusState, switchState, readState, readUintKey } from '../xenstore/xenbus.ts';
 import type { Unwatch } from '../xenstore/client.ts';
-import { BlkbackScheduler, StoreMux, newBlkbackCounters, type BlkbackCounters } from './blkback.ts';
+import { BlkbackScheduler, LATENCY_BUCKETS, StoreMux, newBlkbackCounters, type BlkbackCounters } from './blkback.ts';
 import type { StorageBackend } from './storage.ts';
 import { BlkbackError, BlkbackQueue, type BlkbackQueueParams, type BlkbackQueueStats } from './queue.ts';
 import type { StoreContext, StoreDisk } from './open-store.ts';
@@ -81,6 +81,11 @@ export type BlkbackDeviceCounters = BlkbackCounters & {
   slotCopies: number;
   /** Requests consumed per queue of the current connection, and the vCPU serving each. */
   queues: Array<{ vcpu: number; requests: number }>;
+  /**
+   * Requests answered by latency, all connections: bucket 0 under 2 µs, bucket i in
+   * [2^i, 2^(i+1)) µs, the last everything slower (ring to response, in dom0).
+   */
+  latencyHistogramUs: number[];
 };
 
 /** One virtual block device, backend side. */
@@ -98,7 +103,7 @@ export class BlkbackDevice {
   /** Counters accumulated over every connection of this device. */
   private readonly past: BlkbackCounters = newBlkbackCounters();
   /** Ring slots consumed and copied out over past connections (see {@link counters}). */
-  private readonly pastRing = { slotsConsumed: 0, slotCopies: 0 };
+  private readonly pastRing = { slotsConsumed: 0, slotCopies: 0, latencyUs: new Array<number>(LATENCY_BUCKETS).fill(0) };
   /** Connections made so far (names remote queues uniquely). */
   private connections = 0;
   /** A protocol error that disabled a ring, if any. */
@@ -139,8 +144,10 @@ export class BlkbackDevice {
     let inFlight = 0;
     let persistentGrants = 0;
     const queues: BlkbackDeviceCounters['queues'] = [];
+    const latencyHistogramUs = [...this.pastRing.latencyUs];
     for (const st of await this.queueStats()) {
       if (!st) continue;
+      st.latencyUs.forEach((n, i) => (latencyHistogramUs[i] += n));
       for (const [key, v] of Object.entries(st.counters)) c[key as keyof BlkbackCounters] += v;
       inFlight += st.inFlight;
       persistentGrants += st.persistentGrants;
@@ -148,7 +155,7 @@ export class BlkbackDevice {
       slotCopies += st.slotCopies;
       queues.push({ vcpu: st.vcpu, requests: st.counters.requests });
     }
-    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants, slotsConsumed, slotCopies, queues };
+    return { ...c, state: XenbusState[this.state], inFlight, persistentGrants, slotsConsumed, slotCopies, queues, latencyHistogramUs };
   }
 
   /** Each current queue's stats, in queue order (null for a queue its vCPU no longer knows). */
@@ -312,6 +319,7 @@ export class BlkbackDevice {
       for (const [key, v] of Object.entries(st.counters)) this.past[key as keyof BlkbackCounters] += v;
       this.pastRing.slotsConsumed += st.slotsConsumed;
       this.pastRing.slotCopies += st.slotCopies;
+      st.latencyUs.forEach((n, i) => (this.pastRing.latencyUs[i] += n));
     }
   }
 

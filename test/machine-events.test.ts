@@ -2,7 +2,8 @@
 // (created → running → paused → running → exited, with the exit), XenbusState changes
 // of a guest's disk and NIC from both ends as they connect and as they close, and
 // counter snapshots — one at a time (stats) and as a stream (snapshots) — whose
-// counters move with the guest's I/O.
+// counters move with the guest's I/O, a disk's latency histogram counting every
+// request answered.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -69,6 +70,11 @@ describe('a machine reports what happens in it', () => {
     }
     expect(seen.length).toBe(4);
     expect(seen[3]).toBeGreaterThan(seen[0]);
+    // Every request answered is in the disk's latency histogram (log2 buckets of µs).
+    const d = ((await m.stats()).dom0 as { disks: Record<string, { requests: number; inFlight: number; latencyHistogramUs: number[] }> }).disks[diskKey];
+    expect(d.latencyHistogramUs).toHaveLength(24);
+    expect(d.latencyHistogramUs.reduce((x, y) => x + y, 0)).toBe(d.requests - d.inFlight);
+    expect(d.requests).toBeGreaterThan(0);
 
     // Pause and unpause, then the guest exits: its devices close from both ends.
     await m.pause(g.domid);
