@@ -106,6 +106,8 @@ export interface Domain {
   readonly active: Map<number, ActiveGrant>;
   readonly maptrack: Map<number, MapTrack>;
   nextHandle: number;
+  /** Hypercalls this domain made. */
+  hypercalls: number;
   readonly evtchns: Map<number, Evtchn>;
   /** Event pair pages where this domain is the receiver, by sender domid. */
   readonly pairPages: Map<DomId, Frame>;
@@ -212,7 +214,7 @@ export class Hypervisor {
       domid, name: opts.name, maxPages: opts.maxPages, ramPages: 0, state: 'paused', privileged,
       vcpus, sharedInfo, sharedInfoI32: new Int32Array(sharedInfo.buffer!), grantTable,
       gtU32: new Uint32Array(grantTable.buffer!), gtDv: new DataView(grantTable.buffer!), nrGrantEntries,
-      active: new Map(), maptrack: new Map(), nextHandle: 1, evtchns: new Map(), pairPages: new Map(),
+      active: new Map(), maptrack: new Map(), nextHandle: 1, hypercalls: 0, evtchns: new Map(), pairPages: new Map(),
       shutdownReason: null, crashError: null, store: null, console: null,
     };
     for (const v of vcpus) Atomics.store(v.hc, I_PAUSED, 1);
@@ -399,6 +401,7 @@ export class Hypervisor {
     const seq = dv.getUint32(HC.seq.offset, true);
     const name = HYPERCALL_NAME[op] ?? `hypercall_${op}`;
     this.counters.hypercalls[name] = (this.counters.hypercalls[name] ?? 0) + 1;
+    dom.hypercalls++;
     const out: Outgoing = { vcpu: v.id, handles: [], info: [] };
     let result = 0;
     let progress = 0;
@@ -925,6 +928,7 @@ export class Hypervisor {
       domains: [...this.domains.values()].map((d) => ({
         domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages, maxPages: d.maxPages, vcpus: d.vcpus.length,
         busyMs: d.vcpus.reduce((t, v) => t + (v.worker ? v.worker.performance.eventLoopUtilization().active : 0), 0),
+        hypercalls: d.hypercalls, wakes: d.vcpus.reduce((t, v) => t + (Atomics.load(v.wake, I_WAKE) >>> 0), 0),
         mappings: d.maptrack.size, ports: d.evtchns.size,
       })),
     };
@@ -945,6 +949,13 @@ export interface DomainSummary {
    * eventLoopUtilization: handlers, spinning and JS work; not kernel CPU accounting).
    */
   readonly busyMs: number;
+  /** Hypercalls it made. */
+  readonly hypercalls: number;
+  /**
+   * Wake-ups asked of its vCPUs: every event-channel notification, hypervisor push or
+   * stop bumps the vCPU's wake word once (whether the vCPU was asleep or not).
+   */
+  readonly wakes: number;
   /** Grant mappings it holds, and its event-channel ports. */
   readonly mappings: number;
   readonly ports: number;

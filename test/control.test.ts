@@ -112,7 +112,7 @@ describe('a running machine, operated by pvio commands', () => {
     expect(r.code, r.stderr).toBe(0);
     const screens = r.stdout.split(/\n(?=pvio top — )/);
     expect(screens).toHaveLength(4); // not a terminal: one screen after the other
-    for (const s of screens) expect(s).toMatch(/^Domain-0\s+0\s+running\s+\d+\.\d\s+\d+\s+1$/m);
+    for (const s of screens) expect(s).toMatch(/^Domain-0\s+0\s+running\s+\d+\.\d\s+\d+\s+1\s+\d+\.\d\s+\d+\.\d$/m);
     // The guest read the 8 MiB disk: the MB/s of some screen, times its interval, adds up to it.
     const read = screens.map((s) => {
       const over = Number(/over (\d+\.\d+) s/.exec(s)![1]);

@@ -75,6 +75,12 @@ describe('a machine reports what happens in it', () => {
     expect(d.latencyHistogramUs).toHaveLength(24);
     expect(d.latencyHistogramUs.reduce((x, y) => x + y, 0)).toBe(d.requests - d.inFlight);
     expect(d.requests).toBeGreaterThan(0);
+    // Per domain: hypercalls made and wake-ups asked of its vCPUs, rising with its I/O.
+    type Dom = { domid: number; hypercalls: number; wakes: number };
+    const before = ((s0.hypervisor as { domains: Dom[] }).domains).find((x) => x.domid === g.domid)!;
+    const now = (await m.domains()).find((x) => x.domid === g.domid)!;
+    expect(now.hypercalls).toBeGreaterThanOrEqual(before.hypercalls);
+    expect(now.wakes).toBeGreaterThan(before.wakes);
 
     // Pause and unpause, then the guest exits: its devices close from both ends.
     await m.pause(g.domid);

@@ -136,7 +136,8 @@ interface VifCounters { txPackets: number; rxPackets: number; txBytes: number; r
 
 /**
  * One `pvio top` screen: per domain its share of a core (busy time of its vCPU event
- * loops over the interval) and the memory it has allocated; per disk reads/s, writes/s and MB/s; per vif
+ * loops over the interval), the memory it has allocated, its hypercalls/s and the
+ * wake-ups/s asked of its vCPUs; per disk reads/s, writes/s and MB/s; per vif
  * packets/s and MB/s each way and drops/s. Rates are the differences between two
  * snapshots over the time between them (`a` earlier).
  */
@@ -152,8 +153,11 @@ export function formatTop(a: MachineSnapshot, b: MachineSnapshot): string {
   const doms0 = new Map(((a.hypervisor.domains ?? []) as DomainSummary[]).map((d) => [d.domid, d]));
   const doms = (b.hypervisor.domains ?? []) as DomainSummary[];
   const out = [`pvio top — ${new Date(b.at).toISOString()}, over ${dt.toFixed(2)} s`, '',
-    table(['Domain', 'ID', 'State', 'CPU%', 'Mem KiB', 'VCPUs'], doms.map((d) => [d.name, String(d.domid), d.state,
-      f1((100 * rate(doms0.get(d.domid)?.busyMs ?? 0, d.busyMs) / 1000)), String(d.ramPages * 4), String(d.vcpus)]))];
+    table(['Domain', 'ID', 'State', 'CPU%', 'Mem KiB', 'VCPUs', 'hcalls/s', 'wakes/s'], doms.map((d) => {
+      const p = doms0.get(d.domid);
+      return [d.name, String(d.domid), d.state, f1((100 * rate(p?.busyMs ?? 0, d.busyMs) / 1000)), String(d.ramPages * 4), String(d.vcpus),
+        f1(rate(p?.hypercalls ?? 0, d.hypercalls)), f1(rate(p?.wakes ?? 0, d.wakes))];
+    }))];
   const disks0 = (a.dom0.disks ?? {}) as Record<string, DiskCounters>;
   const disks = Object.entries((b.dom0.disks ?? {}) as Record<string, DiskCounters>);
   if (disks.length > 0) {
