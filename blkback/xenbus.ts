@@ -79,8 +79,8 @@ export type BlkbackDeviceCounters = BlkbackCounters & {
   persistentGrants: number;
   slotsConsumed: number;
   slotCopies: number;
-  /** Requests consumed per queue of the current connection, and the vCPU serving each. */
-  queues: Array<{ vcpu: number; requests: number }>;
+  /** Per queue (ring) of the current connection: the vCPU serving it, its counters and its latency histogram. */
+  queues: Array<{ vcpu: number; latencyUs: number[] } & BlkbackCounters>;
   /**
    * Requests answered by latency, all connections: bucket 0 under 2 µs, bucket i in
    * [2^i, 2^(i+1)) µs, the last everything slower (ring to response, in dom0).
@@ -153,7 +153,7 @@ export class BlkbackDevice {
       persistentGrants += st.persistentGrants;
       slotsConsumed += st.slotsConsumed;
       slotCopies += st.slotCopies;
-      queues.push({ vcpu: st.vcpu, requests: st.counters.requests });
+      queues.push({ vcpu: st.vcpu, ...st.counters, latencyUs: st.latencyUs });
     }
     return { ...c, state: XenbusState[this.state], inFlight, persistentGrants, slotsConsumed, slotCopies, queues, latencyHistogramUs };
   }

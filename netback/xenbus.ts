@@ -243,13 +243,13 @@ export class NetbackDevice implements BridgePort {
     q.q.enqueueRx(frame, csumBlank);
   }
 
-  /** Counters of the data path, summed over connections and queues. */
-  counters(): NetbackCounters & { state: string; queues: number } {
+  /** Counters of the data path, summed over connections and queues; `perQueue`: each queue (its tx and rx rings) of the current connection. */
+  counters(): NetbackCounters & { state: string; queues: number; perQueue: NetbackCounters[] } {
     const sum = {} as NetbackCounters;
     for (const c of [...this.past, ...this.queues.map((q) => q.q.counters)]) {
       for (const [key, v] of Object.entries(c)) sum[key as keyof NetbackCounters] = (sum[key as keyof NetbackCounters] ?? 0) + v;
     }
-    return { ...sum, state: XenbusState[this.state], queues: this.queues.length };
+    return { ...sum, state: XenbusState[this.state], queues: this.queues.length, perQueue: this.queues.map((q) => ({ ...q.q.counters })) };
   }
 
   /** Leaves the bridge, stops the queues, closes the ports and unmaps the rings. */

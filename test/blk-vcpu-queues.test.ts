@@ -17,7 +17,7 @@ import { BLKIF_OP_READ, BLKIF_RSP_OKAY } from '../rings/blkif.ts';
 const dir = mkdtempSync(join(tmpdir(), 'pvio-vq-'));
 type Io = { sha?: string; error?: string };
 type Disk = {
-  requests: number; errors: number; queues: Array<{ vcpu: number; requests: number }>;
+  requests: number; errors: number; queues: Array<{ vcpu: number; requests: number; bytesRead: number; bytesWritten: number; latencyUs: number[] }>;
   negotiated: { queues: number }; protocolError: string | null; slotsConsumed: number; slotCopies: number;
 };
 type Info = { sectors: number; queues: Array<{ requests: number }> };
@@ -63,6 +63,9 @@ describe('each queue served by its own dom0 vCPU', () => {
       expect(q.vcpu).toBe(i);
       expect(q.requests).toBeGreaterThan(0);
       expect(q.requests).toBe(fe[i].requests);
+      // Each ring's own counters and latency histogram (every request it answered is in it).
+      expect(q.bytesRead + q.bytesWritten).toBeGreaterThan(0);
+      expect(q.latencyUs.reduce((x, y) => x + y, 0)).toBe(q.requests);
     }
     expect(d.requests).toBe(fe[0].requests + fe[1].requests);
     expect(d.errors).toBe(0);
@@ -142,7 +145,7 @@ describe('each queue served by its own dom0 vCPU', () => {
     await eventually(async () => (await disk('hostile/xvda')).protocolError, 5000, 'the protocol error reported by vCPU 1');
     d = await disk('hostile/xvda');
     expect(d.protocolError).toMatch(/impossible req_prod/);
-    expect(d.queues[1]).toEqual({ vcpu: 1, requests: 1 });
+    expect(d.queues[1]).toMatchObject({ vcpu: 1, requests: 1 });
     expect(await io(devid, 4)).toEqual([[4, BLKIF_RSP_OKAY]]);
     await m.destroy(h.domid);
     await eventually(async () => (await domainInfo(m, 0))?.mappings === 0, 10_000, 'dom0 unmapped everything');

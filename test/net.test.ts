@@ -131,8 +131,13 @@ describe('two queues, and the rate limit', () => {
     // Two queues may interleave: compare as sets, in full.
     const got = (await b.call('nicReceive', { name: 'eth0', max: 64 })) as number[][];
     expect(got.map((f) => JSON.stringify(f)).sort()).toEqual(frames.map((f) => JSON.stringify(f)).sort());
-    const s = (await m.dom0Stats()) as { vifs: Record<string, { queues: number; negotiated: { queues: number } }> };
-    expect(s.vifs[`net-mq-a/vif${a.domid}.0`]).toMatchObject({ queues: 2, negotiated: { queues: 2 } });
+    const s = (await m.dom0Stats()) as { vifs: Record<string, { queues: number; txPackets: number; negotiated: { queues: number }; perQueue: Array<{ txPackets: number }> }> };
+    const va = s.vifs[`net-mq-a/vif${a.domid}.0`];
+    expect(va).toMatchObject({ queues: 2, negotiated: { queues: 2 } });
+    // Per-queue counters: both queues carried frames (the round robin), and they add up.
+    expect(va.perQueue).toHaveLength(2);
+    expect(va.perQueue.every((q) => q.txPackets > 0)).toBe(true);
+    expect(va.perQueue[0].txPackets + va.perQueue[1].txPackets).toBe(va.txPackets);
     const qa = (await a.call('nicInfo', { name: 'eth0' })) as NicInfo;
     expect(qa.counters.txPackets).toBe(64);
     await Promise.all([a.call('exit', {}), b.call('exit', {})]);
