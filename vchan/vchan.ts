@@ -36,12 +36,11 @@
  * @see xen/include/public/io/libxenvchan.h, tools/libs/vchan/io.c
  */
 import { Duplex } from 'node:stream';
-import { defineLayout, field } from '../rings/layout.ts';
-import { ByteRingConsumer, ByteRingProducer, type ByteRingSpec } from '../rings/byte-ring.ts';
-import { PvioError, TimeoutError } from '../rings/errors.ts';
-import { PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } from '../hypervisor/abi.ts';
-import type { Kernel } from '../hypervisor/kernel.ts';
-import type { GuestExtent, GuestPage } from '../hypervisor/guest-memory.ts';
+// Everything below the stream comes from the driver kit, and nothing else.
+import {
+  ByteRingConsumer, ByteRingProducer, PAGE_SIZE, PvioError, TimeoutError, defineLayout, field,
+  type ByteRingSpec, type EvtchnPort, type GrantHandle, type GrantRef, type GuestExtent, type GuestPage, type Kernel,
+} from '../kit/index.ts';
 
 /** `struct vchan_interface` (24 bytes, then `grants[]`). @see io/libxenvchan.h */
 export const VCHAN_INTERFACE = defineLayout('vchan_interface', 'io/libxenvchan.h', 24, {
