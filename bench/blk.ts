@@ -46,7 +46,7 @@ import { SpinTokens } from '../hypervisor/spin.ts';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
 import {
-  BENCH_SPIN_TOKENS, BenchWorker, formatSig, machineInfo, meets, median, pairwiseRatioMedian, pairwiseRatios, percentile,
+  BENCH_SPIN_TOKENS, benchOptionsOrExit, BenchWorker, formatSig, machineInfo, meets, median, pairwiseRatioMedian, pairwiseRatios, percentile,
   parseBenchArgs, restoreSpinTokens, svgChart, type ChartSeries, type MachineInfo, type RatioResult,
 } from './harness.ts';
 import { NbdSuite, type NbdImpl } from './blk-nbd.ts';
@@ -769,17 +769,8 @@ function skippedLines(skipped: BlkReport['skipped']): string[] {
  *   wired) do not fail the run.
  */
 export async function benchBlk(argv: string[]): Promise<number> {
-  let o: BenchBlkOptions;
-  try {
-    o = parseBenchBlkArgs(argv);
-  } catch (e) {
-    process.stderr.write(`pvio bench blk: ${(e as Error).message}\n${BENCH_BLK_USAGE}\n`);
-    return 2;
-  }
-  if (o.help) {
-    process.stdout.write(`${BENCH_BLK_USAGE}\n`);
-    return 0;
-  }
+  const o = benchOptionsOrExit(argv, parseBenchBlkArgs, BENCH_BLK_USAGE, 'blk');
+  if (typeof o === 'number') return o;
   const t0 = performance.now();
   const log = (line: string) => process.stderr.write(`bench blk: ${line}\n`);
   const machine = machineInfo();

@@ -930,6 +930,27 @@ export async function restoreSpinTokens(buffer: SharedArrayBuffer, total: number
   return n;
 }
 
+/**
+ * The start every `pvio bench NAME` shares: parses `argv` with `parse`; a bad
+ * argument is one line (`pvio bench NAME: …`) and the usage on stderr, `--help` the
+ * usage on stdout.
+ * @returns the options, or the exit code to return at once (2 after a bad argument, 0 after --help).
+ */
+export function benchOptionsOrExit<T extends { help: boolean }>(argv: string[], parse: (argv: string[]) => T, usage: string, name: string): T | number {
+  let o: T;
+  try {
+    o = parse(argv);
+  } catch (e) {
+    process.stderr.write(`pvio bench ${name}: ${(e as Error).message}\n${usage}\n`);
+    return 2;
+  }
+  if (o.help) {
+    process.stdout.write(`${usage}\n`);
+    return 0;
+  }
+  return o;
+}
+
 /** One option of a benchmark's command line (see {@link parseBenchArgs}). */
 export type BenchOption = { kind: 'flag' } | { kind: 'string' } | { kind: 'number'; min: number; integer?: boolean };
 

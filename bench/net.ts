@@ -44,7 +44,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { SpinTokens } from '../hypervisor/spin.ts';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import {
-  BENCH_SPIN_TOKENS, BenchWorker, formatSig, machineInfo, median, meets, pairwiseRatios, parseBenchArgs, restoreSpinTokens, svgChart,
+  BENCH_SPIN_TOKENS, benchOptionsOrExit, BenchWorker, formatSig, machineInfo, median, meets, pairwiseRatios, parseBenchArgs, restoreSpinTokens, svgChart,
   type ChartSeries, type MachineInfo, type RatioResult,
 } from './harness.ts';
 import type { NetGuestInfo, RxResult, TxArgs, TxResult } from './guests/net-guest.ts';
@@ -679,17 +679,8 @@ function chartSeries(rows: readonly NetRow[]): ChartSeries[] {
  *   written; 2 for bad arguments.
  */
 export async function benchNet(argv: string[]): Promise<number> {
-  let o: BenchNetOptions;
-  try {
-    o = parseBenchNetArgs(argv);
-  } catch (e) {
-    process.stderr.write(`pvio bench net: ${(e as Error).message}\n${BENCH_NET_USAGE}\n`);
-    return 2;
-  }
-  if (o.help) {
-    process.stdout.write(`${BENCH_NET_USAGE}\n`);
-    return 0;
-  }
+  const o = benchOptionsOrExit(argv, parseBenchNetArgs, BENCH_NET_USAGE, 'net');
+  if (typeof o === 'number') return o;
   const t0 = performance.now();
   const elapsed = () => `+${((performance.now() - t0) / 1000).toFixed(0)}s`;
   const log = (line: string) => process.stderr.write(`bench net: ${line}\n`);

@@ -21,7 +21,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { SpinTokens, DEFAULT_SPIN_ITERATIONS } from '../hypervisor/spin.ts';
 import {
-  BENCH_SPIN_TOKENS, MAX_RTT_SAMPLES, REQUEST_BYTES, RESPONSE_BYTES, RTT_SAMPLE_EVERY, WAIT_MODES,
+  BENCH_SPIN_TOKENS, benchOptionsOrExit, MAX_RTT_SAMPLES, REQUEST_BYTES, RESPONSE_BYTES, RTT_SAMPLE_EVERY, WAIT_MODES,
   caseKey, chartSeries, describeCase, machineInfo, markdownRatios, markdownResults, meets, pairwiseRatio,
   parseBenchArgs, restoreSpinTokens, ringEntriesFor, runSchedule, summarize, svgChart, writeJsonReport,
   type BenchReport, type Case, type CaseGroup, type CaseOutcome, type CaseResult, type IdleResult,
@@ -294,17 +294,8 @@ export interface BenchRingDeps {
  *   written or the pvio case failed to load, 2 for bad arguments.
  */
 export async function benchRing(argv: string[], deps: BenchRingDeps = {}): Promise<number> {
-  let o: BenchRingOptions;
-  try {
-    o = parseBenchRingArgs(argv);
-  } catch (e) {
-    process.stderr.write(`pvio bench ring: ${(e as Error).message}\n${BENCH_RING_USAGE}\n`);
-    return 2;
-  }
-  if (o.help) {
-    process.stdout.write(`${BENCH_RING_USAGE}\n`);
-    return 0;
-  }
+  const o = benchOptionsOrExit(argv, parseBenchRingArgs, BENCH_RING_USAGE, 'ring');
+  if (typeof o === 'number') return o;
   const t0 = performance.now();
   const log = (line: string) => process.stderr.write(`bench ring: ${line}\n`);
   const machine = machineInfo();

@@ -70,8 +70,8 @@ export interface BridgeCounters {
   captured: number;
 }
 
-/** A 48-bit MAC as a number (exact in a double). */
-function macKey(f: Uint8Array, at: number): number {
+/** The 48-bit MAC at byte `at` of frame `f` as a number (exact in a double): the forwarding database's key. */
+export function macKey(f: Uint8Array, at: number): number {
   return ((f[at] * 256 + f[at + 1]) * 65536 + (f[at + 2] * 256 + f[at + 3])) * 65536 + (f[at + 4] * 256 + f[at + 5]);
 }
 

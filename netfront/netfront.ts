@@ -131,7 +131,8 @@ export class NetfrontQueue {
   private readonly txShadow: Array<TxShadow | null>;
   private readonly txFreeIds: number[] = [];
   /** Idle tx pages (persistent mode: each with its grant). */
-  private readonly txPool: Array<{ page: GuestPage; gref: GrantRef | null }> = [];
+  /** Copy mode: idle tx pages, granted afresh for each request. */
+  private readonly txPool: GuestPage[] = [];
   /** Persistent mode: the idle tx slots, each a page with its grant, reused as they are. */
   private readonly txPersistentPool: TxShadow[] = [];
   private readonly rxBufs: Array<RxBuffer | null>;
@@ -289,7 +290,7 @@ export class NetfrontQueue {
   /** A page for one tx slot: from the pool, granted for this request in copy mode. */
   private takeTxPage(): TxShadow {
     if (this.o.persistent) return this.txPersistentPool.pop()!;
-    const page = this.txPool.pop()?.page ?? this.memory.allocPage();
+    const page = this.txPool.pop() ?? this.memory.allocPage();
     return { page, gref: this.gnttab.grantAccess(this.o.backendDomid, page.mfn, true), persistent: false };
   }
 
@@ -354,7 +355,7 @@ export class NetfrontQueue {
       this.txFreeIds.push(id);
       if (status !== NETIF_RSP_OKAY) this.counters.txErrors++;
       if (s.persistent) this.txPersistentPool.push(s);
-      else if (this.gnttab.endAccess(s.gref)) this.txPool.push({ page: s.page, gref: null });
+      else if (this.gnttab.endAccess(s.gref)) this.txPool.push(s.page);
       else this.counters.grantsDeferred++; // still mapped by the backend: never reuse that page
     }
     const waiters = this.txWaiters.splice(0);

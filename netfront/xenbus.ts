@@ -102,12 +102,7 @@ export class Netfront {
 
   /** A frame already received (from any queue), or null; never waits. */
   tryReceive(): Uint8Array | null {
-    const qs = this.queues;
-    for (let i = 0; i < qs.length; i++) {
-      const f = qs[i].tryReceive();
-      if (f) return f;
-    }
-    return null;
+    return this.takeAny(false);
   }
 
   /**
@@ -172,15 +167,8 @@ export class Netfront {
    * @throws NetfrontBrokenError when every queue is broken.
    */
   async receive(timeoutMs = 1000): Promise<Uint8Array | null> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      for (const q of this.queues) if (q.pendingRx > 0) return q.receive(0);
-      if (this.queues.every((q) => q.isBroken)) throw new NetfrontBrokenError(`${this.name}: broken`);
-      const left = deadline - performance.now();
-      if (left <= 0) return null;
-      if (this.queues.length === 1) return this.queues[0].receive(left);
-      await new Promise((r) => setTimeout(r, Math.min(1, left)));
-    }
+    await this.waitRx(timeoutMs);
+    return this.takeAny(false);
   }
 
   /** Received frames, as they come (ends when the vif breaks or closes). */

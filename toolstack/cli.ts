@@ -176,7 +176,7 @@ async function detach(cmd: UpCommand, argv: string[], err: (m: string) => void):
   return 1;
 }
 
-/** Without --machine: the name of a running machine whose pid is `pid` (its log's first line names it), or false. */
+/** Without --machine: the name of the running machine served by process `pid` (asked with the `pid` command), or false. */
 async function pingAny(pid: number): Promise<string | false> {
   for (const n of machineNames()) {
     const v = await controlRequest(n, 'pid', [], 1000).catch(() => null);

@@ -496,9 +496,10 @@ export class Machine {
     const f = FRONTEND_STATE.exec(path);
     const b = f ? null : BACKEND_STATE.exec(path);
     if (!f && !b) return;
+    const stateName = state === null ? 'removed' : XenbusState[state] ?? String(state);
     const ev: XenbusEvent = f
-      ? { path, end: 'frontend', type: f[2], domid: Number(f[1]), devid: Number(f[3]), state, stateName: state === null ? 'removed' : XenbusState[state] ?? String(state) }
-      : { path, end: 'backend', type: b![1], domid: Number(b![2]), devid: Number(b![3]), state, stateName: state === null ? 'removed' : XenbusState[state] ?? String(state) };
+      ? { path, end: 'frontend', type: f[2], domid: Number(f[1]), devid: Number(f[3]), state, stateName }
+      : { path, end: 'backend', type: b![1], domid: Number(b![2]), devid: Number(b![3]), state, stateName };
     this.emitSafely('xenbus', ev);
   }
 

@@ -39,7 +39,7 @@ import { Duplex } from 'node:stream';
 // Everything below the stream comes from the driver kit, and nothing else.
 import {
   ByteRingConsumer, ByteRingProducer, PAGE_SIZE, PvioError, TimeoutError, defineLayout, field,
-  type ByteRingSpec, type EvtchnPort, type GrantHandle, type GrantRef, type GuestExtent, type GuestPage, type Kernel,
+  type ByteRingSpec, type EvtchnPort, type GrantHandle, type GrantRef, type Kernel,
 } from '../kit/index.ts';
 
 /** `struct vchan_interface` (24 bytes, then `grants[]`). @see io/libxenvchan.h */
@@ -115,8 +115,6 @@ export interface VchanClientOptions {
 interface Resources {
   readonly port: EvtchnPort;
   readonly grants: GrantRef[];
-  readonly pages: GuestPage[];
-  readonly extents: GuestExtent[];
   readonly handles: GrantHandle[];
 }
 
@@ -128,11 +126,13 @@ interface Resources {
  * `read(n)`-free helpers: {@link send} and {@link recv}.
  */
 export class Vchan extends Duplex {
-  readonly counters = { bytesWritten: 0, bytesRead: 0, notifications: 0, events: 0, writeWaits: 0, readWaits: 0 };
+  readonly counters = { bytesWritten: 0, bytesRead: 0, notifications: 0, events: 0, writeWaits: 0 };
   private readonly u8: Uint8Array;
   private readonly waiters: Array<() => void> = [];
   private released = false;
   private readonly chunk = new Uint8Array(64 * 1024);
+  /** The readable side wants data (Node called _read and we have not pushed past its limit). */
+  private reading = false;
 
   constructor(
     private readonly k: Kernel,
@@ -196,8 +196,6 @@ export class Vchan extends Duplex {
   private waitEvent(): Promise<void> {
     return new Promise((r) => this.waiters.push(r));
   }
-
-  private reading = false;
 
   /** Moves what the ring holds into the readable side while it wants more. */
   private pump(): void {
@@ -332,12 +330,10 @@ export async function vchanServer(k: Kernel, o: VchanServerOptions): Promise<Vch
   shared[F.cli_live.offset] = VCHAN_LIVE.waiting;
   shared[F.srv_live.offset] = VCHAN_LIVE.connected;
   const grants: GrantRef[] = [];
-  const extents: GuestExtent[] = [];
   const own = (order: number, otherOrder: number): Uint8Array | null => {
     if (ringPlace(order, otherOrder) !== 'own') return null;
     const pages = Math.max(1, (1 << order) / PAGE_SIZE);
     const ext = k.memory.allocExtent(Math.log2(pages));
-    extents.push(ext);
     for (let i = 0; i < pages; i++) {
       const g = k.gnttab.grantAccess(o.peer, ext.mfn + i, false);
       dv.setUint32(VCHAN_GRANTS_OFFSET + grants.length * 4, g, true);
@@ -374,7 +370,7 @@ export async function vchanServer(k: Kernel, o: VchanServerOptions): Promise<Vch
   })]).finally(() => clearTimeout(timer));
   k.evtchn.off(port);
   await k.xenbus.rm(path).catch(() => undefined); // connected: the keys have served
-  return new Vchan(k, true, shared, out, inp, { port, grants, pages: [page], extents, handles: [] });
+  return new Vchan(k, true, shared, out, inp, { port, grants, handles: [] });
 }
 
 /**
@@ -431,7 +427,7 @@ export async function vchanClient(k: Kernel, o: VchanClientOptions): Promise<Vch
     throw e;
   }
   const port = k.evtchn.bindInterdomain(o.peer, Number(evt));
-  const v = new Vchan(k, false, shared, out, inp, { port, grants: [], pages: [], extents: [], handles });
+  const v = new Vchan(k, false, shared, out, inp, { port, grants: [], handles });
   Atomics.store(shared, F.cli_live.offset, VCHAN_LIVE.connected);
   k.evtchn.notify(port);
   return v;

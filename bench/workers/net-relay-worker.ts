@@ -49,6 +49,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import { serve, WAIT_SLICE_MS, type WorkerRequest } from './common.ts';
 import { rxQueueCapacity } from '../../netback/netback.ts';
+import { macKey } from '../../netback/bridge.ts';
 import { BENCH_ETHERTYPE, FRAME_RUN_ID, FRAME_SEQ, MIN_BENCH_FRAME, benchFrame, floodBatch, getU32, putU32 } from '../guests/net-guest.ts';
 
 /** Words per control slot: 16 × 4 bytes, one cache line each. */
@@ -213,11 +214,6 @@ export interface RelayRxResult {
 
 // ---------------------------------------------------------------------------
 // Shared helpers
-
-/** A 48-bit MAC at `at` as a number (exact in a double), as netback/bridge.ts keys it. */
-function macKey(f: Uint8Array, at: number): number {
-  return ((f[at] * 256 + f[at + 1]) * 65536 + (f[at + 2] * 256 + f[at + 3])) * 65536 + (f[at + 4] * 256 + f[at + 5]);
-}
 
 const sleepWord = new Int32Array(new SharedArrayBuffer(4));
 /** Blocks the thread for `ms` (never spins). */
