@@ -185,6 +185,9 @@ export class Kernel {
     const dec = new TextDecoder();
     /** Reads what dom0 wrote into `in` and hands it to the listeners. */
     const readInput = () => {
+      // Unread input stays in the ring until the program has a reader (as a real
+      // console's does), so a line typed before `onInput` is not lost.
+      if (inputListeners.length === 0) return;
       let got = false;
       for (;;) {
         const n = ends.in.read(inBuf);
@@ -207,7 +210,10 @@ export class Kernel {
       readInput();
     });
     return {
-      onInput: (fn) => void inputListeners.push(fn),
+      onInput: (fn) => {
+        inputListeners.push(fn);
+        if (inputListeners.length === 1) queueMicrotask(readInput); // what came before the first reader
+      },
       write: (t) => {
         pending.push(enc.encode(t));
         flush();

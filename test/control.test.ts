@@ -140,21 +140,26 @@ describe('a running machine, operated by pvio commands', () => {
         const done = new Promise<number>((r) => p.once('exit', (code) => r(code ?? 1)));
         const timer = setTimeout(() => p.kill('SIGKILL'), 20_000);
         void done.then(() => clearTimeout(timer));
-        return { p, done, out: () => out, err: () => errText };
+        /** Waits for `cond`; a timeout names what the session printed. */
+        const until = (cond: () => boolean, what: string) =>
+          eventually(cond, 10_000, what).catch((e: Error) => {
+            throw new Error(`${e.message}; stdout ${JSON.stringify(out)}, stderr ${JSON.stringify(errText)}`);
+          });
+        return { p, done, out: () => out, err: () => errText, until };
       };
       const a = session();
-      await eventually(() => a.err().includes('Ctrl-] to detach'), 10_000, 'the console to attach');
+      await a.until(() => a.err().includes('Ctrl-] to detach'), 'the console to attach');
       a.p.stdin.write('hello console\n');
-      await eventually(() => a.out().includes('echo: hello console\n'), 10_000, 'the echo');
+      await a.until(() => a.out().includes('echo: hello console\n'), 'the echo');
       a.p.stdin.write('\x1d');
       expect(await a.done).toBe(0);
       expect(a.err()).toMatch(/pvio: detached\n$/);
       expect((await pvio(['list', '--machine', 'ctl3'])).stdout).toMatch(/^echo\s+1\s+32\s+1\s+running/m); // still running
 
       const b = session();
-      await eventually(() => b.err().includes('Ctrl-] to detach'), 10_000, 'the console to attach again');
+      await b.until(() => b.err().includes('Ctrl-] to detach'), 'the console to attach again');
       b.p.stdin.write('again\n');
-      await eventually(() => b.out().includes('echo: again\n'), 10_000, 'the second echo');
+      await b.until(() => b.out().includes('echo: again\n'), 'the second echo');
       expect((await pvio(['shutdown', 'echo', '--machine', 'ctl3'])).code).toBe(0);
       expect(await b.done).toBe(0);
       expect(b.err()).toMatch(/pvio: echo exited\n/);

@@ -8,10 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Machine, type DomainEvent, type XenbusEvent } from '../toolstack/machine.ts';
+import { Machine, type ConsoleEvent, type DomainEvent, type XenbusEvent } from '../toolstack/machine.ts';
 import { XenbusState } from '../xenstore/xenbus.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
-import { rpcGuest, eventually, randomImage } from './helpers.ts';
+import { rpcGuest, eventually, guestPath, randomImage } from './helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pvio-events-'));
 let m: Machine;
@@ -97,6 +97,23 @@ describe('a machine reports what happens in it', () => {
     expect(states('frontend', 'vbd')).toEqual(['Initialising', 'Initialised', 'Connected', 'Closing', 'Closed']);
     expect(states('backend', 'vbd')).toEqual(['Initialising', 'InitWait', 'Connected', 'Closing', 'Closed']);
     expect(states('frontend', 'vif').slice(-3)).toEqual(['Connected', 'Closing', 'Closed']);
+  });
+
+  it('console input typed before the guest reads its console waits in the ring', async () => {
+    const lines: string[] = [];
+    const on = (e: ConsoleEvent) => {
+      if (e.domain === 'late') lines.push(e.line);
+    };
+    m.on('console', on);
+    try {
+      const g = await m.createGuest({ name: 'late', memoryMiB: 16, vcpus: 1, kernel: guestPath('echo-console.ts'), args: { readerDelayMs: 400 } });
+      await eventually(() => lines.includes('echo-console: ready'), 10_000, 'the guest to start');
+      expect(await m.consoleInput(g.domid, 'typed early\n')).toBe(12);
+      await eventually(() => lines.includes('echo: typed early'), 10_000, 'the echo');
+      await m.destroy(g.domid);
+    } finally {
+      m.off('console', on);
+    }
   });
 
   it('a listener that throws does not stop the others, and off() removes one', async () => {
