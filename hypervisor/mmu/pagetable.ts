@@ -104,6 +104,8 @@ export interface Translation {
   readonly writable: boolean;
   readonly user: boolean;
   readonly nx: boolean;
+  /** Whether the leaf's D bit is set (after this walk), so the TLB may serve writes. */
+  readonly dirty: boolean;
 }
 
 /**
@@ -122,6 +124,7 @@ export function walk(frames: FrameWords, cr3: number, va: number, access: Access
   let writable = true;
   let user = true;
   let nx = false;
+  let dirty = false;
   const code = (present: boolean) => (present ? PF.P : 0) | (access.write ? PF.W : 0) | (access.user ? PF.U : 0) | (access.fetch ? PF.I : 0);
   for (let level = 4; level >= 1; level--) {
     const w = frames(table);
@@ -136,15 +139,16 @@ export function walk(frames: FrameWords, cr3: number, va: number, access: Access
     if ((access.write && !writable) || (access.user && !user) || (access.fetch && nx)) return { fault: true, va, errorCode: code(true), level };
     const set = PTE.A | (level === 1 && access.write ? PTE.D : 0);
     if ((lo & set) !== set) Atomics.or(w, i, set);
+    if (level === 1) dirty = ((lo | set) & PTE.D) !== 0;
     table = pteFrame(lo, hi);
   }
-  return { fault: false, mfn: table, pa: table * 4096 + p.offset, writable, user, nx };
+  return { fault: false, mfn: table, pa: table * 4096 + p.offset, writable, user, nx, dirty };
 }
 
 /**
  * A software TLB: translations by virtual page, with the permissions of their walk.
- * A hit serves an access its permissions allow (a write only once the leaf is dirty:
- * the first write walks to set D, as the hardware does). Stale entries stay until
+ * A hit serves an access its permissions allow (a write only when the leaf was dirty
+ * when the entry was filled: otherwise the write walks to set D, as the hardware does). Stale entries stay until
  * {@link invlpg} or {@link flush} — as on the hardware, which is why the guest must
  * flush after changing a mapping.
  */
@@ -158,12 +162,12 @@ export class SoftTlb {
     const e = this.entries.get(vpn);
     if (e && (!access.write || (e.writable && e.dirty)) && (!access.user || e.user) && (!access.fetch || !e.nx)) {
       this.counters.hits++;
-      return { fault: false, mfn: e.mfn, pa: e.mfn * 4096 + (va % 4096), writable: e.writable, user: e.user, nx: e.nx };
+      return { fault: false, mfn: e.mfn, pa: e.mfn * 4096 + (va % 4096), writable: e.writable, user: e.user, nx: e.nx, dirty: e.dirty };
     }
     this.counters.misses++;
     const t = walk(frames, cr3, va, access);
     if (t.fault) return t;
-    this.entries.set(vpn, { mfn: t.mfn, writable: t.writable, user: t.user, nx: t.nx, dirty: access.write || (e?.dirty ?? false) });
+    this.entries.set(vpn, { mfn: t.mfn, writable: t.writable, user: t.user, nx: t.nx, dirty: t.dirty });
     return t;
   }
 
