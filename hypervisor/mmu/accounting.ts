@@ -44,7 +44,7 @@ export interface CostModel {
  *   Multi-Core", WIOV 2011, §1/Table 1. Used for hypercalls, traps and faults alike.
  * - The others are pvio's assumptions, not published figures; they are set small
  *   beside `entry` so that entries dominate the model as the Xen paper argues
- *   (Barham et al., "Xen and the Art of Virtualization", SOSP 2003, §3.3.2) and can
+ *   (Barham et al., "Xen and the Art of Virtualization", SOSP 2003, §3.3.3) and can
  *   be changed with `--cost name=cycles`: `validatePte` 50, `tlbFlush` 100,
  *   `tlbMiss` 30 (a page walk hitting the caches), `syscall` 100, `emulate` 500.
  */
