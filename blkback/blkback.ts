@@ -28,11 +28,13 @@
  *
  * {@link BlkbackScheduler} serves every ring of the domain round-robin, at most
  * {@link MAX_BATCH} requests per ring per pass, so one busy frontend cannot starve
- * the others; between passes the event loop turns.
+ * the others; between passes the event loop turns. Once a guest's scheduling weight
+ * is not the default, the round-robin is between guests and weighted
+ * (blkback/weighted-scheduler.ts).
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/blkback.c
  */
-import { RingScheduler } from '../rings/scheduler.ts';
+import { WeightedRingScheduler } from './weighted-scheduler.ts';
 import { InvariantError } from '../rings/errors.ts';
 import { BackRing } from '../rings/ring.ts';
 import {
@@ -350,6 +352,11 @@ export class BlkbackRing {
     return this.cache?.map.size ?? 0;
   }
 
+  /** The frontend's domain (whose scheduling weight the ring is served with). */
+  get frontDomid(): number {
+    return this.opts.frontDomid;
+  }
+
   /** Whether the ring was disabled by a protocol error. */
   isDead(): boolean {
     return this.dead;
@@ -361,14 +368,15 @@ export class BlkbackRing {
   }
 
   /**
-   * Serves up to {@link MAX_BATCH} requests.
+   * Serves up to `budget` requests (1 to {@link MAX_BATCH}; the scheduler's share for
+   * this pass, see blkback/weighted-scheduler.ts).
    * @returns true when more requests are waiting (schedule another pass).
    */
-  serve(): boolean {
+  serve(budget: number = MAX_BATCH): boolean {
     if (this.dead || this.closing) return false;
     this.counters.passes++;
     try {
-      return this.pass();
+      return this.pass(budget < MAX_BATCH ? Math.max(1, budget) : MAX_BATCH);
     } catch (e) {
       // A protocol error costs the frontend its ring; so does a fault of the store or of
       // blkback itself, which must not take the domain (and every other disk) down.
@@ -380,7 +388,7 @@ export class BlkbackRing {
     }
   }
 
-  private pass(): boolean {
+  private pass(budget: number): boolean {
     if (this.barrierInFlight) return false; // later requests wait for the barrier
     const ring = this.ring;
     let n = 0;
@@ -392,7 +400,7 @@ export class BlkbackRing {
       n = 1;
     } else {
       let avail = ring.unconsumedRequests();
-      while (avail > 0 && n < MAX_BATCH) {
+      while (avail > 0 && n < budget) {
         ring.consumeRequest(this.copyBuf);
         avail--;
         const s = this.slots[n];
@@ -795,5 +803,13 @@ export class BlkbackRing {
   }
 }
 
-/** Serves every blkback ring of a domain round-robin (see {@link RingScheduler}). */
-export class BlkbackScheduler extends RingScheduler<BlkbackRing> {}
+/**
+ * Serves every blkback ring of a domain (one per dom0 vCPU): round-robin, at most
+ * {@link MAX_BATCH} requests per ring per pass, weighted between guests by their
+ * scheduling weights once one is not the default (see {@link WeightedRingScheduler}).
+ */
+export class BlkbackScheduler extends WeightedRingScheduler<BlkbackRing> {
+  constructor() {
+    super({ maxBatch: MAX_BATCH });
+  }
+}

@@ -11,7 +11,9 @@
  * - `blkback.connect` {key, disk, ctx, params} → {vcpu};
  * - `blkback.disconnect` {key} → the queue's final {@link BlkbackQueueStats} (null if unknown);
  * - `blkback.stats` {keys} → a {@link BlkbackQueueStats} or null per key;
- * - `blkback.resize` {key, sizeBytes} → the store's new size in bytes.
+ * - `blkback.resize` {key, sizeBytes} → the store's new size in bytes;
+ * - `blkback.setWeight` {domid, weight} → true: serve that guest's queues with its
+ *   scheduling weight (null: forget it; blkback/weighted-scheduler.ts).
  *
  * @see Linux drivers/block/xen-blkback/xenbus.c (one xen_blkif_schedule thread per ring)
  */
@@ -70,6 +72,11 @@ export function serveBlkbackQueues(k: Kernel): void {
       } finally {
         await e.store.close();
       }
+    },
+    'blkback.setWeight': (a: { domid: number; weight: number | null }) => {
+      if (a.weight === null) sched.forgetDomain(a.domid);
+      else sched.setWeight(a.domid, a.weight);
+      return true;
     },
     'blkback.stats': (a: { keys: string[] }) => a.keys.map((key) => queues.get(key)?.q.stats() ?? null),
     'blkback.resize': async (a: { key: string; sizeBytes: number }) => {

@@ -1,7 +1,9 @@
 /**
  * Event channels, guest side (DESIGN.md, decision 3).
  *
- * Setup (`alloc_unbound`, `bind_interdomain`, `close`, `status`) is a hypercall.
+ * Setup (`alloc_unbound`, `bind_interdomain`, `bind_virq`, `close`, `status`) is a
+ * hypercall. A VIRQ port has no peer: the hypervisor sets it pending in this domain's
+ * shared_info itself (as it does a port on bind) and wakes the vCPU it is bound to.
  * `send` is not: for each bound port the hypervisor handed this domain the event
  * *pair page* it shares with the remote domain (receiver = remote, sender = us) and
  * the remote vCPU's *wake page*. {@link EventChannels.notify} sets the remote port's
@@ -26,8 +28,8 @@
  */
 import { InvariantError } from '../rings/errors.ts';
 import {
-  DOMID_SELF, EVTCHNOP, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_BIND_VCPU, EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG,
-  EVTCHN_STATUS, EVTCHNSTAT, HYPERVISOR, NR_EVENT_CHANNELS, SHARED_INFO, VCPU_INFO, WAKE_PAGE, XEN_ERRNO,
+  DOMID_SELF, EVTCHNOP, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_BIND_VCPU, EVTCHN_BIND_VIRQ, EVTCHN_PAIR_PAGE, EVTCHN_PORT_ARG,
+  EVTCHN_STATUS, EVTCHN_STATUS_VIRQ, EVTCHNSTAT, HYPERVISOR, NR_EVENT_CHANNELS, SHARED_INFO, VCPU_INFO, WAKE_PAGE, XEN_ERRNO,
   type DomId, type EvtchnPort,
 } from '../hypervisor/abi.ts';
 import type { BindingInfo, PortInfo } from '../hypervisor/hypervisor.ts';
@@ -81,11 +83,13 @@ interface Binding {
 
 /** Status of a port, as `EVTCHNOP_status` answers it. */
 export interface EvtchnStatus {
-  /** One of `EVTCHNSTAT` (closed 0, unbound 1, interdomain 2). */
+  /** One of `EVTCHNSTAT` (closed 0, unbound 1, interdomain 2, virq 4). */
   readonly status: number;
   readonly vcpu: number;
   readonly remoteDom: number;
   readonly remotePort: number;
+  /** The VIRQ, for a port with status `EVTCHNSTAT_virq` (`u.virq`). */
+  readonly virq?: number;
 }
 
 /** One domain's event channels, as seen from one of its vCPU workers. */
@@ -162,6 +166,27 @@ export class EventChannels {
   }
 
   /**
+   * Binds a new local port to VIRQ `virq` on vCPU `vcpu` of this domain: the
+   * hypervisor raises it there (pvio raises `VIRQ_TIMER` only, on a `set_timer_op`
+   * alarm). That vCPU's worker dispatches it; the binding cannot move (`bind_vcpu`
+   * answers EINVAL), and sends on it are dropped.
+   * @throws EvtchnError (EINVAL for a VIRQ pvio does not raise, ENOENT for no such
+   *   vCPU, EEXIST when the VIRQ is already bound on that vCPU).
+   * @see event_channel.h EVTCHNOP_bind_virq
+   */
+  bindVirq(virq: number, vcpu: number = this.vcpuId): EvtchnPort {
+    const F = EVTCHN_BIND_VIRQ.fields;
+    const p = this.hc.page;
+    const o = HypercallPort.argOffset(0, EVTCHN_BIND_VIRQ.size);
+    p.setUint32(o + F.virq.offset, virq, true);
+    p.setUint32(o + F.vcpu.offset, vcpu, true);
+    const { result, info } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.bind_virq, 1);
+    for (const i of info) this.applyInfo(i);
+    if (result < 0) throw new EvtchnError('EVTCHNOP_bind_virq', -result);
+    return p.getUint32(o + F.port.offset, true) as EvtchnPort;
+  }
+
+  /**
    * Closes a local port; an interdomain peer's end returns to unbound.
    * @throws EvtchnError (EINVAL for a port that is not open).
    * @see event_channel.h EVTCHNOP_close
@@ -188,8 +213,13 @@ export class EventChannels {
     p.setUint32(o + F.port.offset, port, true);
     const { result } = this.hc.call(HYPERVISOR.event_channel_op, EVTCHNOP.status, 1);
     if (result < 0) throw new EvtchnError('EVTCHNOP_status', -result);
+    const status = p.getUint32(o + F.status.offset, true);
+    if (status === EVTCHNSTAT.virq) {
+      // The union holds `u.virq` instead of the interdomain peer.
+      return { status, vcpu: p.getUint32(o + F.vcpu.offset, true), remoteDom: 0, remotePort: 0, virq: p.getUint32(o + EVTCHN_STATUS_VIRQ.fields.virq.offset, true) };
+    }
     return {
-      status: p.getUint32(o + F.status.offset, true),
+      status,
       vcpu: p.getUint32(o + F.vcpu.offset, true),
       remoteDom: p.getUint16(o + F.remote_dom.offset, true),
       remotePort: p.getUint32(o + F.remote_port.offset, true),
@@ -239,6 +269,10 @@ export class EventChannels {
         const r = this.hc.frames.page(i.recvPage);
         this.recvPages.set(i.remoteDom, new Int32Array(r.buffer, r.byteOffset, EVTCHN_PAIR_PAGE.size >> 2));
       }
+    } else if (i.kind === 'virq') {
+      // Raised by the hypervisor straight into shared_info: no pair page, no peer.
+      this.bindings.delete(i.port);
+      this.setMine(i.port, i.vcpu ?? 0);
     } else {
       this.bindings.delete(i.port);
       this.setMine(i.port, 0);

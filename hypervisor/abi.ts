@@ -9,7 +9,7 @@
  * (`XEN_GUEST_HANDLE`) pvio places the array inline after the struct instead —
  * a documented divergence, since JS has no guest virtual addresses here.
  *
- * @see xen/include/public/xen.h, grant_table.h, event_channel.h, memory.h, sched.h
+ * @see xen/include/public/xen.h, grant_table.h, event_channel.h, memory.h, sched.h, vcpu.h
  */
 import { defineLayout, field } from '../rings/layout.ts';
 
@@ -48,6 +48,7 @@ export const DOMID_0 = 0 as DomId;
 export const HYPERVISOR = Object.freeze({
   memory_op: 12,
   multicall: 13,
+  set_timer_op: 15,
   xen_version: 17,
   grant_table_op: 20,
   vcpu_op: 24,
@@ -71,12 +72,92 @@ export const EVTCHNOP = Object.freeze({
   bind_interdomain: 0, bind_virq: 1, bind_pirq: 2, close: 3, send: 4, status: 5,
   alloc_unbound: 6, bind_ipi: 7, bind_vcpu: 8, unmask: 9,
 } as const);
-/** `XENMEM_*` sub-ops. @see memory.h */
-export const XENMEM = Object.freeze({ increase_reservation: 0, decrease_reservation: 1 } as const);
+/**
+ * `XENMEM_*` sub-ops pvio serves. Xen's numbers, plus two P2M/M2P reads:
+ * - `translate_gpfn_list` (8): Xen 3.x's P2M read for auto-translated guests (removed
+ *   from memory.h after 4.0, the number left reserved as `REMOVED`). pvio revives it
+ *   with its old semantics because pvio's hypervisor, not the guest, keeps the P2M
+ *   (as Xen does for a translated guest): GPFNs in, MFNs out, `INVALID_MFN` for a hole.
+ * - `pvio_machphys_lookup` (63, pvio's own, the last number Xen's `MEMOP_CMD_MASK`
+ *   allows): the M2P read. A Xen PV guest reads `machine_to_phys_mapping` directly,
+ *   a read-only table at the virtual address `XENMEM_machphys_mapping` names; JS cannot
+ *   make a shared buffer read-only, so pvio answers lookups by hypercall instead.
+ *   MFNs in, pseudo-physical frame numbers out, `INVALID_M2P_ENTRY` for a frame the
+ *   named domain does not own as RAM (Xen's global table would show another domain's
+ *   pfn; pvio does not tell one guest another's layout).
+ * @see memory.h
+ */
+export const XENMEM = Object.freeze({
+  increase_reservation: 0, decrease_reservation: 1, current_reservation: 3, maximum_reservation: 4,
+  populate_physmap: 6, translate_gpfn_list: 8, pvio_machphys_lookup: 63,
+} as const);
+/**
+ * One u32 half of `INVALID_MFN` / `INVALID_M2P_ENTRY` (`~0UL`): a P2M hole, or a frame
+ * with no pseudo-physical number, is written as a u64 whose two halves are both this.
+ * @see xen/include/xen/mm.h (INVALID_MFN), xen/arch/x86/include/asm/mm.h (INVALID_M2P_ENTRY)
+ */
+export const INVALID_FRAME_U32 = 0xffff_ffff;
+/** Largest extent order memory_op accepts (2^4 = 16 pages; Xen's domU default `memop-max-order` is 9). */
+export const MAX_EXTENT_ORDER = 4;
 /** `SCHEDOP_*` sub-ops. @see sched.h */
 export const SCHEDOP = Object.freeze({ yield: 0, block: 1, shutdown: 2 } as const);
+/**
+ * `VCPUOP_*` sub-ops of `vcpu_op`. pvio serves `get_runstate_info` only (the others
+ * answer ENOSYS). @see vcpu.h
+ */
+export const VCPUOP = Object.freeze({
+  initialise: 0, up: 1, down: 2, is_up: 3, get_runstate_info: 4, register_runstate_memory_area: 5,
+  set_periodic_timer: 6, stop_periodic_timer: 7, set_singleshot_timer: 8, stop_singleshot_timer: 9,
+} as const);
+/**
+ * `RUNSTATE_*`: what a vCPU is doing (`vcpu_runstate_info.state`, and the index of
+ * `time[]`). In pvio a vCPU is `running` while its domain is unpaused (busy or idle
+ * in its event loop alike: the hypervisor cannot see a worker idle) and `offline`
+ * while it is paused, before its first unpause and once it is dying — Xen's state
+ * for "paused by the administrator". `runnable` and `blocked` are never entered.
+ * @see vcpu.h
+ */
+export const RUNSTATE = Object.freeze({ running: 0, runnable: 1, blocked: 2, offline: 3 } as const);
+/** Virtual IRQs (`VIRQ_*`). pvio raises `timer` (per vCPU) only. @see xen.h */
+export const VIRQ = Object.freeze({ timer: 0, debug: 1 } as const);
+/** Number of VIRQs (`NR_VIRQS`). @see xen.h */
+export const NR_VIRQS = 24;
+/** `vcpu_time_info.flags` bits (`XEN_PVCLOCK_*`). @see xen.h */
+export const XEN_PVCLOCK = Object.freeze({ tsc_stable: 1 << 0, guest_stopped: 1 << 1 } as const);
 /** `SHUTDOWN_*` reasons. @see sched.h */
 export const SHUTDOWN = Object.freeze({ poweroff: 0, reboot: 1, suspend: 2, crash: 3 } as const);
+
+/**
+ * `XEN_DOMCTL_*` commands the toolstack sends the hypervisor. pvio's toolstack runs
+ * on the main thread and sends them as messages (hypervisor/main.ts), not through a
+ * `__HYPERVISOR_domctl` hypercall. @see domctl.h
+ */
+export const XEN_DOMCTL = Object.freeze({ scheduler_op: 16 } as const);
+/** `XEN_SCHEDULER_*` ids: pvio implements the credit scheduler's per-domain parameters. @see domctl.h */
+export const XEN_SCHEDULER = Object.freeze({ credit: 5 } as const);
+/** `XEN_DOMCTL_SCHEDOP_*`: set or get a domain's parameters. @see domctl.h */
+export const XEN_DOMCTL_SCHEDOP = Object.freeze({ putinfo: 0, getinfo: 1 } as const);
+/** The credit scheduler's default weight (`CSCHED_DEFAULT_WEIGHT`). @see xen/common/sched/credit.c */
+export const CSCHED_DEFAULT_WEIGHT = 256;
+/**
+ * `struct xen_domctl_sched_credit { uint16_t weight; uint16_t cap; }`: `weight` 1..65535
+ * (a domain's share relative to the others'), `cap` in percent of one CPU (0 = none,
+ * at most 100 × vCPUs). In `putinfo`, weight 0 and cap 0xffff leave that field as it is.
+ * @see domctl.h
+ */
+export interface XenDomctlSchedCredit {
+  weight: number;
+  cap: number;
+}
+/**
+ * `struct xen_domctl_scheduler_op { uint32_t sched_id; uint32_t cmd; union { ... credit; } u; }`
+ * (the credit member only). `getinfo` fills `u.credit`. @see domctl.h
+ */
+export interface XenDomctlSchedulerOp {
+  sched_id: number;
+  cmd: number;
+  u: { credit: XenDomctlSchedCredit };
+}
 
 /** Grant-entry flags (`GTF_*`). `reading`/`writing` are written only by Xen. @see grant_table.h */
 export const GTF = Object.freeze({
@@ -190,6 +271,12 @@ export const EVTCHN_BIND_VCPU = defineLayout('evtchn_bind_vcpu', 'event_channel.
   port: field(0, 'u32', 'guest'),
   vcpu: field(4, 'u32', 'guest'),
 });
+/** `struct evtchn_bind_virq { uint32_t virq; uint32_t vcpu; evtchn_port_t port; }` @see event_channel.h */
+export const EVTCHN_BIND_VIRQ = defineLayout('evtchn_bind_virq', 'event_channel.h', 12, {
+  virq: field(0, 'u32', 'guest'),
+  vcpu: field(4, 'u32', 'guest'),
+  port: field(8, 'u32', 'xen'),
+});
 /** `struct evtchn_close { evtchn_port_t port; }` (also `evtchn_send`, `evtchn_unmask`). @see event_channel.h */
 export const EVTCHN_PORT_ARG = defineLayout('evtchn_close', 'event_channel.h', 4, {
   port: field(0, 'u32', 'guest'),
@@ -210,7 +297,10 @@ export const EVTCHN_STATUS = defineLayout('evtchn_status', 'event_channel.h', 24
 /**
  * `struct xen_memory_reservation { XEN_GUEST_HANDLE(xen_pfn_t) extent_start; u64 nr_extents;
  *  u32 extent_order; u32 mem_flags; domid_t domid; }` (32 B). pvio: the extent list
- * (`nr_extents` u64 MFNs: out for increase, in for decrease) follows the struct inline.
+ * (`nr_extents` u64 frame numbers) follows the struct inline: for increase_reservation
+ * MFN bases out; for decrease_reservation MFN bases in (a PV guest's GMFN is its MFN);
+ * for populate_physmap GPFN bases in, overwritten with the MFN bases allocated (Xen's
+ * PV behaviour).
  * @see memory.h
  */
 export const XEN_MEMORY_RESERVATION = defineLayout('xen_memory_reservation', 'memory.h', 32, {
@@ -219,6 +309,67 @@ export const XEN_MEMORY_RESERVATION = defineLayout('xen_memory_reservation', 'me
   extent_order: field(16, 'u32', 'guest'),
   mem_flags: field(20, 'u32', 'guest'),
   domid: field(24, 'u16', 'guest'),
+});
+/**
+ * `struct xen_memory_domain { domid_t domid; }`: the argument of
+ * `XENMEM_current_reservation` / `XENMEM_maximum_reservation` (answer: pages).
+ * @see memory.h
+ */
+export const XEN_MEMORY_DOMAIN = defineLayout('xen_memory_domain', 'memory.h', 2, {
+  domid: field(0, 'u16', 'guest'),
+});
+/**
+ * `struct xen_translate_gpfn_list { domid_t domid; xen_ulong_t nr_gpfns;
+ *  XEN_GUEST_HANDLE(xen_pfn_t) gpfn_list; XEN_GUEST_HANDLE(xen_pfn_t) mfn_list; }`
+ * (x86_64, 32 B; Xen 3.x memory.h). pvio: the `nr_gpfns` u64 list follows the struct
+ * inline and is translated in place (Xen allowed `mfn_list == gpfn_list`); the handles
+ * are ignored. Also the argument of pvio's `XENMEM_pvio_machphys_lookup`, whose list
+ * holds MFNs in and pseudo-physical frame numbers out.
+ * @see memory.h (Xen 3.4, XENMEM_translate_gpfn_list)
+ */
+export const XEN_TRANSLATE_GPFN_LIST = defineLayout('xen_translate_gpfn_list', 'memory.h', 32, {
+  domid: field(0, 'u16', 'guest'),
+  nr_gpfns: field(8, 'u64', 'guest'),
+  gpfn_list: field(16, 'u64', 'guest'),
+  mfn_list: field(24, 'u64', 'guest'),
+});
+/**
+ * The `u.virq` member of {@link EVTCHN_STATUS}'s union (`struct evtchn_status`, whose
+ * `u` starts at 16): answered for a port with `status = EVTCHNSTAT_virq`.
+ * @see event_channel.h
+ */
+export const EVTCHN_STATUS_VIRQ = defineLayout('evtchn_status.u.virq', 'event_channel.h', 24, {
+  virq: field(16, 'u32', 'xen'),
+});
+/**
+ * The argument of `set_timer_op`: Xen passes `uint64_t timeout` (absolute system time,
+ * ns; 0 cancels) in a register; pvio writes it at the start of the argument area.
+ * @see xen.h __HYPERVISOR_set_timer_op
+ */
+export const SET_TIMER_OP_ARGS = defineLayout('pvio_set_timer_op', 'pvio', 8, {
+  timeout: field(0, 'u64', 'guest'),
+});
+/**
+ * The arguments of `vcpu_op(cmd, vcpuid, extra_args)`: Xen passes `vcpuid` in a
+ * register and `extra_args` as a guest pointer; pvio writes `vcpuid` here and the
+ * `extra_args` struct inline after it, at {@link VCPU_OP_EXTRA_OFFSET}.
+ * @see vcpu.h
+ */
+export const VCPU_OP_ARGS = defineLayout('pvio_vcpu_op', 'pvio', 8, {
+  vcpuid: field(0, 'u32', 'guest'),
+});
+/** Offset of `vcpu_op`'s `extra_args` struct in the argument area (bytes). */
+export const VCPU_OP_EXTRA_OFFSET = VCPU_OP_ARGS.size;
+/**
+ * `struct vcpu_runstate_info { int state; uint64_t state_entry_time; uint64_t time[4]; }`
+ * (48 B): the state (`RUNSTATE_*`), the system time (ns) it was entered, and the ns
+ * spent in each state, the current one included. Answered by `VCPUOP_get_runstate_info`.
+ * @see vcpu.h
+ */
+export const VCPU_RUNSTATE_INFO = defineLayout('vcpu_runstate_info', 'vcpu.h', 48, {
+  state: field(0, 'i32', 'xen'),
+  state_entry_time: field(8, 'u64', 'xen'),
+  time: field(16, 'bytes', 'xen', 32),
 });
 /** `struct sched_shutdown { unsigned int reason; }` @see sched.h */
 export const SCHED_SHUTDOWN = defineLayout('sched_shutdown', 'sched.h', 4, {
@@ -236,6 +387,26 @@ export const VCPU_INFO = defineLayout('vcpu_info', 'xen.h', 64, {
   evtchn_pending_sel: field(8, 'u64', 'either'),
   arch: field(16, 'bytes', 'xen', 16),
   time: field(32, 'bytes', 'xen', 32),
+});
+/**
+ * `struct vcpu_time_info` (32 B, at `vcpu_info.time`): the hypervisor's system time
+ * (ns since the machine booted) and the guest TSC value it was sampled at, with the
+ * scale from TSC ticks to ns. Current system time =
+ * `system_time + ((((tsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul) >> 32)`.
+ * Written only by the hypervisor under the `version` seqlock: odd while an update is
+ * in progress, even otherwise; a reader retries while it is odd or changed across
+ * its read. pvio's TSC is defined in hypervisor/time.ts (`tscNow`).
+ * @see xen.h
+ */
+export const VCPU_TIME_INFO = defineLayout('vcpu_time_info', 'xen.h', 32, {
+  version: field(0, 'u32', 'xen'),
+  pad0: field(4, 'u32', 'xen'),
+  tsc_timestamp: field(8, 'u64', 'xen'),
+  system_time: field(16, 'u64', 'xen'),
+  tsc_to_system_mul: field(24, 'u32', 'xen'),
+  tsc_shift: field(28, 'i8', 'xen'),
+  flags: field(29, 'u8', 'xen'),
+  pad1: field(30, 'bytes', 'xen', 2),
 });
 /** `struct shared_info` (x86_64, 3136 B). @see xen.h */
 export const SHARED_INFO = defineLayout('shared_info', 'xen.h', 3136, {

@@ -13,7 +13,7 @@ import { invariant } from '../rings/errors.ts';
 import { PAGE_SIZE, type DomId, type Mfn } from './abi.ts';
 
 /** What a frame is for; `ram` frames belong to a guest, the rest to the hypervisor's bookkeeping. */
-export type FrameKind = 'ram' | 'grant-table' | 'shared-info' | 'hypercall' | 'wake' | 'evtchn-pair';
+export type FrameKind = 'ram' | 'grant-table' | 'shared-info' | 'hypercall' | 'wake' | 'evtchn-pair' | 'shadow';
 
 /** One 4 KiB frame. */
 export interface Frame {

@@ -29,9 +29,21 @@ import {
   NR_EVENT_CHANNELS, PAGE_SIZE, SCHEDOP, SCHED_SHUTDOWN, SHUTDOWN,
   WAKE_PAGE, XENMEM, XEN_ERRNO, XEN_MEMORY_RESERVATION, type DomId, type Mfn,
 } from './abi.ts';
+import {
+  INVALID_FRAME_U32, MAX_EXTENT_ORDER, XEN_MEMORY_DOMAIN, XEN_TRANSLATE_GPFN_LIST,
+} from './abi.ts';
 import { FrameTable, type ExtentHandle, type Frame } from './frames.ts';
+import { MAX_PTE_FRAME, PhysMap } from './mmu/pagetable.ts';
+import { MMU_HYPERCALLS, MmuHost } from './mmu/host.ts';
 import { isPortDeliverable, raiseUpcall, setPortPending } from './shared-info.ts';
 import type { BootInfo } from './boot.ts';
+import { XEN_DOMCTL_SCHEDOP, XEN_SCHEDULER, type XenDomctlSchedulerOp } from './abi.ts';
+import { CreditScheduler } from './sched-credit.ts';
+import {
+  EVTCHN_BIND_VIRQ, EVTCHN_STATUS_VIRQ, NR_VIRQS, RUNSTATE, SET_TIMER_OP_ARGS, VCPUOP, VCPU_OP_ARGS,
+  VCPU_OP_EXTRA_OFFSET, VIRQ,
+} from './abi.ts';
+import { RunstateClock, tscNow, writeRunstateInfo, writeVcpuTimeInfo, writeWallclock } from './time.ts';
 
 /** Most entries of one batched hypercall served before the rest is re-issued. */
 export const MAX_OPS_PER_SLICE = 64;
@@ -52,10 +64,12 @@ export type DomainState = 'paused' | 'running' | 'dying' | 'dead';
 
 /** An event channel end in the hypervisor's table. */
 interface Evtchn {
-  state: 'unbound' | 'interdomain';
+  state: 'unbound' | 'interdomain' | 'virq';
   remoteDom: DomId;
   remotePort: number;
   vcpu: number;
+  /** The VIRQ (`state === 'virq'`). */
+  virq?: number;
 }
 
 /** A grant mapping held by a domain (its maptrack entry). */
@@ -86,6 +100,12 @@ interface Vcpu {
   /** Hypervisor end of the handle port. */
   readonly port: MessagePort;
   worker: Worker | null;
+  /** The one-shot alarm of `set_timer_op`: absolute system time (ns), 0 when none. */
+  timer: number;
+  /** Ports bound to each VIRQ on this vCPU (`EVTCHNOP_bind_virq`), 0 when none. */
+  readonly virqPorts: number[];
+  /** Time spent per runstate (`VCPUOP_get_runstate_info`). */
+  readonly runstate: RunstateClock;
 }
 
 /** A domain in the hypervisor's table. */
@@ -145,6 +165,10 @@ export interface HypervisorCounters {
   preemptions: number;
   wakeups: number;
   spins: number;
+  /** `set_timer_op` alarms that fired (`VIRQ_TIMER` raised, or dropped for want of a bound port). */
+  timerFires: number;
+  /** Of {@link timerFires}, those whose vCPU had no port bound to `VIRQ_TIMER`. */
+  timerFiresUnbound: number;
 }
 
 /** Events the hypervisor reports to its embedder (the toolstack). */
@@ -160,15 +184,52 @@ const DOMAIN_ENTRY = new URL('../toolstack/domain-main.ts', import.meta.url).hre
 /** The hypervisor: owns the frame table and every domain's hypervisor-side state. */
 export class Hypervisor {
   readonly frames = new FrameTable();
+  /**
+   * Every domain's P2M (pseudo-physical frame → MFN) and the machine-wide M2P, for
+   * guest RAM frames only (`kind: 'ram'`): kept here, read by guests through
+   * `XENMEM_translate_gpfn_list` / `XENMEM_pvio_machphys_lookup`.
+   */
+  readonly physmap = new PhysMap();
+  /**
+   * The CPU/MMU model (hypervisor/mmu/): page types, pins, shadow tables and the
+   * accounting of every domain's MMU entries; served for `mmu_update`,
+   * `update_va_mapping`, `mmuext_op`, `multicall` and pvio's model entries.
+   */
+  readonly mmu: MmuHost = new MmuHost({
+    phys: this.physmap,
+    frame: (mfn) => this.frames.get(mfn),
+    allocShared: (domid, reason) => {
+      const f = this.frames.alloc(DOMID_XEN, 0, 'shadow', [domid as DomId])[0];
+      const h = this.mmuOut && this.frames.give(domid as DomId, this.mmuOut.vcpu, f, reason);
+      if (h) this.mmuOut!.handles.push(h);
+      return f.mfn;
+    },
+    grantMapped: (domid, mfn, writable) => {
+      for (const m of this.domains.get(domid)?.maptrack.values() ?? []) if (m.mfn === mfn && (!writable || !m.readonly)) return true;
+      return false;
+    },
+  });
+  /** The outgoing handles of the MMU call being served (shadow tables are posted to the calling vCPU). */
+  private mmuOut: Outgoing | null = null;
   readonly domains = new Map<number, Domain>();
   readonly hvWakeBuffer = new SharedArrayBuffer(64);
   readonly hvWake = new Int32Array(this.hvWakeBuffer);
   readonly counters: HypervisorCounters = {
     hypercalls: {}, grantMaps: 0, grantUnmaps: 0, grantCopies: 0, grantCopyBytes: 0,
-    preemptions: 0, wakeups: 0, spins: 0,
+    preemptions: 0, wakeups: 0, spins: 0, timerFires: 0, timerFiresUnbound: 0,
   };
+  /** pvio TSC (hypervisor/time.ts `tscNow`, ns) when this hypervisor booted: system time 0. */
+  readonly bootTsc = tscNow();
+  /** Earliest armed alarm of a running domain (system ns), Infinity when none. */
+  private earliestTimer = Infinity;
   private readonly allVcpus: Vcpu[] = [];
   private rr = 0;
+  /** The credit scheduler's per-domain weight and cap, applied by {@link serviceOnce} (hypervisor/sched-credit.ts). */
+  readonly sched = new CreditScheduler();
+  /** Scratch of one weighted pass: the pending vCPUs, their domids, which to serve. */
+  private readonly passVcpus: Vcpu[] = [];
+  private readonly passDomids: number[] = [];
+  private readonly passServe: boolean[] = [];
   private nextDomid = 1;
   /** Pair pages by `${receiver}:${sender}`. */
   private readonly pairs = new Map<string, Frame>();
@@ -207,6 +268,7 @@ export class Hypervisor {
         domid, id: v, hcFrame, hc: new Int32Array(hcFrame.buffer!), hcU8: new Uint8Array(hcFrame.buffer!),
         hcDv: new DataView(hcFrame.buffer!), wakeFrame, wake: new Int32Array(wakeFrame.buffer!),
         port: ch.port1, worker: null,
+        timer: 0, virqPorts: new Array<number>(NR_VIRQS).fill(0), runstate: new RunstateClock(RUNSTATE.offline, this.systemNs()),
       });
       guestPorts.push(ch.port2);
     }
@@ -218,6 +280,7 @@ export class Hypervisor {
       shutdownReason: null, crashError: null, store: null, console: null,
     };
     for (const v of vcpus) Atomics.store(v.hc, I_PAUSED, 1);
+    this.initTime(dom);
     this.domains.set(domid, dom);
     let storeFrame: Frame | null = null;
     let consFrame: Frame | null = null;
@@ -225,6 +288,8 @@ export class Hypervisor {
       [storeFrame] = this.frames.alloc(domid, 0, 'ram');
       [consFrame] = this.frames.alloc(domid, 0, 'ram');
       dom.ramPages += 2;
+      this.physmapAdd(dom, this.lowestFreePfn(dom), storeFrame.mfn); // pfn 0
+      this.physmapAdd(dom, this.lowestFreePfn(dom), consFrame.mfn); // pfn 1
       this.seedGrant(dom, GNTTAB_RESERVED_CONSOLE, consFrame.mfn, 0 as DomId);
       this.seedGrant(dom, GNTTAB_RESERVED_XENSTORE, storeFrame.mfn, 0 as DomId);
       const storePort = this.allocUnbound(dom, 0 as DomId);
@@ -286,15 +351,23 @@ export class Hypervisor {
     return dom;
   }
 
-  /** Lets a paused domain run (its kernel starts or resumes dispatching events). */
+  /**
+   * Lets a paused domain run (its kernel starts or resumes dispatching events). Its
+   * vCPUs enter RUNSTATE_running, and alarms that fell due while it was paused fire now.
+   */
   unpause(domid: number): void {
     const dom = this.mustGet(domid);
     if (dom.state !== 'paused') return;
     dom.state = 'running';
+    const now = this.systemNs();
     for (const v of dom.vcpus) {
+      v.runstate.change(RUNSTATE.running, now);
+      this.refreshTime(dom, v);
       Atomics.store(v.hc, I_PAUSED, 0);
       this.kick(v);
     }
+    this.timersChanged();
+    this.runTimers();
   }
 
   /** Pauses a domain: its kernel stops dispatching events; its hypercalls wait. */
@@ -302,7 +375,12 @@ export class Hypervisor {
     const dom = this.mustGet(domid);
     if (dom.state !== 'running') return;
     dom.state = 'paused';
-    for (const v of dom.vcpus) Atomics.store(v.hc, I_PAUSED, 1);
+    const now = this.systemNs();
+    for (const v of dom.vcpus) {
+      v.runstate.change(RUNSTATE.offline, now);
+      Atomics.store(v.hc, I_PAUSED, 1);
+    }
+    this.timersChanged(); // its alarms wait for the unpause
   }
 
   /**
@@ -327,6 +405,12 @@ export class Hypervisor {
 
   private beginDestroy(dom: Domain): void {
     dom.state = 'dying';
+    const now = this.systemNs();
+    for (const v of dom.vcpus) {
+      v.timer = 0;
+      v.runstate.change(RUNSTATE.offline, now);
+    }
+    this.timersChanged();
     this.releaseDomainResources(dom);
     const live = dom.vcpus.filter((v) => v.worker !== null);
     if (live.length === 0) return this.finishDestroy(dom);
@@ -343,12 +427,17 @@ export class Hypervisor {
     for (const port of [...dom.evtchns.keys()]) this.closePort(dom, port);
     // Remove its vCPUs from the scan.
     for (let i = this.allVcpus.length - 1; i >= 0; i--) if (this.allVcpus[i].domid === dom.domid) this.allVcpus.splice(i, 1);
+    this.sched.forget(dom.domid);
+    // Its shadow tables (hypervisor frames shared with it only).
+    for (const f of this.frames.ownedBy(DOMID_XEN)) if (f.kind === 'shadow' && f.sharers.has(dom.domid)) this.frames.freeExtent(f.mfn);
+    this.mmu.forgetDomain(dom.domid);
   }
 
   private finishDestroy(dom: Domain): void {
     if (dom.state === 'dead') return;
     dom.state = 'dead';
     for (const v of dom.vcpus) v.port.close();
+    this.forgetPhysmap(dom);
     for (const f of this.frames.ownedBy(dom.domid)) if (f.pageIndex === 0) this.frames.freeExtent(f.mfn);
     this.frames.forgetDomain(dom.domid);
     this.events.onDomainDestroyed?.(dom.domid, dom.shutdownReason ?? SHUTDOWN.poweroff, dom.crashError);
@@ -370,14 +459,142 @@ export class Hypervisor {
   }
 
   // -------------------------------------------------------------------------
+  // Time (hypervisor/time.ts has the views and the guest side)
+
+  /** System time: ns since this hypervisor booted, from the host's monotonic clock. */
+  systemNs(): number {
+    return tscNow() - this.bootTsc;
+  }
+
+  /**
+   * Sets a new domain's clocks: `shared_info.wc_*` to the wall time at system time 0,
+   * and every vCPU's `vcpu_time_info`.
+   */
+  private initTime(dom: Domain): void {
+    const tsc = tscNow();
+    const sys = tsc - this.bootTsc;
+    // Wall time now (ms, sub-µs precision: timeOrigin + now), less the system time.
+    const bootMs = performance.timeOrigin + performance.now() - sys / 1e6;
+    const sec = Math.floor(bootMs / 1000);
+    writeWallclock(dom.sharedInfoI32, sec, Math.min(999_999_999, Math.round((bootMs - sec * 1000) * 1e6)));
+    for (const v of dom.vcpus) writeVcpuTimeInfo(dom.sharedInfoI32, v.id, tsc, sys);
+  }
+
+  /** Re-samples vCPU `v`'s `vcpu_time_info` (system time and the TSC it was taken at). */
+  private refreshTime(dom: Domain, v: Vcpu): void {
+    const tsc = tscNow();
+    writeVcpuTimeInfo(dom.sharedInfoI32, v.id, tsc, tsc - this.bootTsc);
+  }
+
+  /**
+   * `set_timer_op(timeout)`: arms the calling vCPU's one-shot alarm at absolute system
+   * time `timeout` (ns), replacing any earlier one; 0 cancels it; a time already past
+   * fires at once. pvio answers EINVAL for a timeout at or above 2^53 ns (Xen clamps
+   * far-future ones instead).
+   * @see xen.h __HYPERVISOR_set_timer_op, xen/common/sched/core.c do_set_timer_op
+   */
+  private setTimerOp(dom: Domain, v: Vcpu): number {
+    const a = this.copyArgs(v, 0, SET_TIMER_OP_ARGS.size);
+    const o = SET_TIMER_OP_ARGS.fields.timeout.offset;
+    const hi = a.getUint32(o + 4, true);
+    if (hi >= 0x20_0000) return -XEN_ERRNO.EINVAL;
+    v.timer = hi * 0x1_0000_0000 + a.getUint32(o, true);
+    this.timersChanged();
+    if (v.timer !== 0 && v.timer <= this.systemNs()) this.fireTimer(dom, v);
+    return 0;
+  }
+
+  /**
+   * `vcpu_op(cmd, vcpuid, extra_args)` with pvio's argument layout ({@link VCPU_OP_ARGS},
+   * the extra struct inline after it). Serves `VCPUOP_get_runstate_info` for any vCPU
+   * of the caller's domain; ENOENT for no such vCPU, ENOSYS for other commands.
+   * @see vcpu.h
+   */
+  private vcpuOp(dom: Domain, v: Vcpu, cmd: number): number {
+    const a = this.copyArgs(v, 0, VCPU_OP_ARGS.size);
+    const target = dom.vcpus[a.getUint32(VCPU_OP_ARGS.fields.vcpuid.offset, true)];
+    if (!target) return -XEN_ERRNO.ENOENT;
+    switch (cmd) {
+      case VCPUOP.get_runstate_info:
+        writeRunstateInfo(v.hcDv, HC_ARGS_OFFSET + VCPU_OP_EXTRA_OFFSET, target.runstate.info(this.systemNs()));
+        return 0;
+      default:
+        return -XEN_ERRNO.ENOSYS;
+    }
+  }
+
+  /** Fires vCPU `v`'s alarm: refreshes its time info and raises `VIRQ_TIMER` on its bound port. */
+  private fireTimer(dom: Domain, v: Vcpu): void {
+    v.timer = 0;
+    this.counters.timerFires++;
+    this.refreshTime(dom, v);
+    const port = v.virqPorts[VIRQ.timer];
+    if (port !== 0) this.setPending(dom, port);
+    else this.counters.timerFiresUnbound++;
+    this.timersChanged();
+  }
+
+  /**
+   * Fires every alarm of a running domain that is due (paused domains' alarms wait
+   * for {@link unpause}). Cheap when none is armed or due (no clock read when none).
+   * @returns how many fired.
+   */
+  runTimers(): number {
+    if (this.earliestTimer === Infinity) return 0;
+    const now = this.systemNs();
+    if (now < this.earliestTimer) return 0;
+    let fired = 0;
+    for (const v of this.allVcpus) {
+      if (v.timer === 0 || v.timer > now) continue;
+      const dom = this.domains.get(v.domid);
+      if (!dom || dom.state !== 'running') continue;
+      this.fireTimer(dom, v);
+      fired++;
+    }
+    return fired;
+  }
+
+  /**
+   * How long the service loop may sleep (ms) before the earliest alarm of a running
+   * domain falls due, at most `maxMs`; 0 when one is due now.
+   */
+  timerWaitMs(maxMs: number): number {
+    if (this.earliestTimer === Infinity) return maxMs;
+    return Math.max(0, Math.min(maxMs, (this.earliestTimer - this.systemNs()) / 1e6));
+  }
+
+  /**
+   * Recomputes the earliest alarm of a running domain; when it moved earlier, bumps
+   * the hypervisor's wake-up word so a service loop parked with a longer timeout
+   * re-reads it.
+   */
+  private timersChanged(): void {
+    let earliest = Infinity;
+    for (const v of this.allVcpus) {
+      if (v.timer === 0 || v.timer >= earliest) continue;
+      if (this.domains.get(v.domid)?.state === 'running') earliest = v.timer;
+    }
+    const sooner = earliest < this.earliestTimer;
+    this.earliestTimer = earliest;
+    if (sooner) {
+      Atomics.add(this.hvWake, 0, 1);
+      Atomics.notify(this.hvWake, 0);
+    }
+  }
+
+  // -------------------------------------------------------------------------
   // The hypercall service loop
 
   /**
    * Scans every vCPU's hypercall page once, round-robin from where the last scan
-   * stopped, and serves each pending call (one slice each).
+   * stopped, and serves each pending call (one slice each). Once some domain's
+   * scheduling parameters are not the defaults, the credit scheduler decides which
+   * pending calls a pass serves ({@link serviceWeighted}); otherwise this path is
+   * unchanged (one extra field test per pass).
    * @returns the number of calls served.
    */
   serviceOnce(): number {
+    if (this.sched.active) return this.serviceWeighted();
     const n = this.allVcpus.length;
     let served = 0;
     for (let k = 0; k < n; k++) {
@@ -392,6 +609,81 @@ export class Hypervisor {
     return served;
   }
 
+  /**
+   * One pass with weights and caps (hypervisor/sched-credit.ts): collects the pending
+   * calls in scan order, lets {@link CreditScheduler.choose} pick which to serve now
+   * (the rest stay pending) and, while some domain has a cap, charges each call's
+   * time (ms) to its domain.
+   * @returns the number of calls served.
+   */
+  private serviceWeighted(): number {
+    const n = this.allVcpus.length;
+    const vs = this.passVcpus;
+    const ids = this.passDomids;
+    let m = 0;
+    for (let k = 0; k < n; k++) {
+      const v = this.allVcpus[(this.rr + k) % n];
+      if (Atomics.load(v.hc, I_STATE) !== HC_STATE.PENDING) continue;
+      const dom = this.domains.get(v.domid)!;
+      if (dom.state === 'paused' || dom.state === 'dying' || dom.state === 'dead') continue;
+      vs[m] = v;
+      ids[m] = v.domid;
+      m++;
+    }
+    if (n > 0) this.rr = (this.rr + 1) % n;
+    if (m === 0) return 0;
+    const timed = this.sched.hasCaps;
+    let t = timed ? performance.now() : 0;
+    this.sched.choose(ids, m, this.passServe, t);
+    let served = 0;
+    for (let i = 0; i < m; i++) {
+      const v = vs[i];
+      (vs as Array<Vcpu | undefined>)[i] = undefined; // no reference to a destroyed domain's vCPU stays behind
+      if (!this.passServe[i]) continue;
+      this.serve(this.domains.get(v.domid)!, v);
+      served++;
+      if (timed) {
+        const t1 = performance.now();
+        this.sched.charge(v.domid, t1 - t);
+        t = t1;
+      }
+    }
+    return served;
+  }
+
+  /**
+   * How long (ms) the service loop may sleep when a pass served nothing: `maxMs`,
+   * or less when a capped domain's call waits for its next cap period.
+   */
+  serviceIdleWaitMs(maxMs: number): number {
+    return this.sched.active ? this.sched.idleWaitMs(performance.now(), maxMs) : maxMs;
+  }
+
+  /**
+   * `XEN_DOMCTL_scheduler_op` (toolstack only): `putinfo` sets domain `domid`'s
+   * credit-scheduler weight (1..65535; 0 leaves it) and cap (percent of one CPU, 0 =
+   * none, at most 100 × its vCPUs; 0xffff leaves it); `getinfo` writes them into
+   * `op.u.credit`. They apply to its hypercalls at once, and — told by the toolstack —
+   * to dom0's backends (blkback/weighted-scheduler.ts).
+   * @returns 0; -ESRCH when there is no such live domain; -EINVAL for another
+   *   `sched_id` than credit's, an unknown `cmd`, or a weight or cap out of range.
+   * @see xen/include/public/domctl.h, xen/common/sched/core.c (sched_adjust)
+   */
+  domctlSchedulerOp(domid: number, op: XenDomctlSchedulerOp): number {
+    const dom = this.domains.get(domid);
+    if (!dom || dom.state === 'dying' || dom.state === 'dead') return -XEN_ERRNO.ESRCH;
+    if (op.sched_id !== XEN_SCHEDULER.credit) return -XEN_ERRNO.EINVAL;
+    switch (op.cmd) {
+      case XEN_DOMCTL_SCHEDOP.getinfo:
+        op.u.credit = this.sched.params(dom.domid);
+        return 0;
+      case XEN_DOMCTL_SCHEDOP.putinfo:
+        return this.sched.put(dom.domid, dom.vcpus.length, op.u.credit);
+      default:
+        return -XEN_ERRNO.EINVAL;
+    }
+  }
+
   private serve(dom: Domain, v: Vcpu): void {
     const dv = v.hcDv;
     const op = dv.getUint32(HC.op.offset, true);
@@ -402,6 +694,8 @@ export class Hypervisor {
     const name = HYPERCALL_NAME[op] ?? `hypercall_${op}`;
     this.counters.hypercalls[name] = (this.counters.hypercalls[name] ?? 0) + 1;
     dom.hypercalls++;
+    // Xen refreshes a vCPU's time info when it schedules it; pvio does when it serves it.
+    this.refreshTime(dom, v);
     const out: Outgoing = { vcpu: v.id, handles: [], info: [] };
     let result = 0;
     let progress = 0;
@@ -423,8 +717,21 @@ export class Hypervisor {
         case HYPERVISOR.xen_version:
           result = (4 << 16) | 17;
           break;
+        case HYPERVISOR.set_timer_op:
+          result = this.setTimerOp(dom, v);
+          break;
+        case HYPERVISOR.vcpu_op:
+          result = this.vcpuOp(dom, v, cmd);
+          break;
         default:
-          result = -XEN_ERRNO.ENOSYS;
+          if (MMU_HYPERCALLS.has(op)) {
+            this.mmuOut = out;
+            try {
+              result = this.mmu.serve(dom.domid, v.id, op, cmd, count, this.copyArgs(v, 0, HC_ARGS_BYTES), new DataView(v.hcDv.buffer, v.hcDv.byteOffset + HC_ARGS_OFFSET, HC_ARGS_BYTES));
+            } finally {
+              this.mmuOut = null;
+            }
+          } else result = -XEN_ERRNO.ENOSYS;
       }
     } catch (e) {
       // A guest's arguments may make a DataView access fail: that is its fault (EFAULT).
@@ -748,6 +1055,25 @@ export class Hypervisor {
         this.setPending(dom, lport);
         return 0;
       }
+      case EVTCHNOP.bind_virq: {
+        // Xen's evtchn_bind_virq: a new port of the caller, raised by the hypervisor on
+        // vCPU `vcpu`. pvio raises VIRQ_TIMER only, so it binds only that (per-vCPU) VIRQ.
+        const F = EVTCHN_BIND_VIRQ.fields;
+        const a = this.copyArgs(v, 0, EVTCHN_BIND_VIRQ.size);
+        const virq = a.getUint32(F.virq.offset, true);
+        const vcpu = a.getUint32(F.vcpu.offset, true);
+        if (virq !== VIRQ.timer) return -XEN_ERRNO.EINVAL;
+        const target = dom.vcpus[vcpu];
+        if (!target) return -XEN_ERRNO.ENOENT;
+        if (target.virqPorts[virq] !== 0) return -XEN_ERRNO.EEXIST;
+        const port = this.allocUnbound(dom, dom.domid);
+        if (port < 0) return port;
+        dom.evtchns.set(port, { state: 'virq', remoteDom: dom.domid, remotePort: 0, vcpu, virq });
+        target.virqPorts[virq] = port;
+        this.announce(dom, { kind: 'virq', port, vcpu, virq }, [], out);
+        v.hcDv.setUint32(HC_ARGS_OFFSET + F.port.offset, port, true);
+        return 0;
+      }
       case EVTCHNOP.close: {
         const a = this.copyArgs(v, 0, EVTCHN_PORT_ARG.size);
         const port = a.getUint32(EVTCHN_PORT_ARG.fields.port.offset, true);
@@ -764,6 +1090,7 @@ export class Hypervisor {
         if (vcpu >= dom.vcpus.length) return -XEN_ERRNO.ENOENT;
         const ch = dom.evtchns.get(port);
         if (!ch) return -XEN_ERRNO.EINVAL;
+        if (ch.state === 'virq') return -XEN_ERRNO.EINVAL; // per-vCPU VIRQs stay on their vCPU
         ch.vcpu = vcpu;
         if (ch.state === 'interdomain') {
           const remote = this.domains.get(ch.remoteDom);
@@ -790,8 +1117,14 @@ export class Hypervisor {
         const ch = target.evtchns.get(port);
         const o = v.hcDv;
         const base = HC_ARGS_OFFSET;
-        o.setUint32(base + F.status.offset, !ch ? EVTCHNSTAT.closed : ch.state === 'unbound' ? EVTCHNSTAT.unbound : EVTCHNSTAT.interdomain, true);
         o.setUint32(base + F.vcpu.offset, ch?.vcpu ?? 0, true);
+        if (ch?.state === 'virq') {
+          o.setUint32(base + F.status.offset, EVTCHNSTAT.virq, true);
+          o.setUint32(base + EVTCHN_STATUS_VIRQ.fields.virq.offset, ch.virq ?? 0, true); // u.virq
+          o.setUint32(base + F.remote_port.offset, 0, true);
+          return 0;
+        }
+        o.setUint32(base + F.status.offset, !ch ? EVTCHNSTAT.closed : ch.state === 'unbound' ? EVTCHNSTAT.unbound : EVTCHNSTAT.interdomain, true);
         o.setUint16(base + F.remote_dom.offset, ch?.remoteDom ?? 0, true);
         o.setUint32(base + F.remote_port.offset, ch?.state === 'interdomain' ? ch.remotePort : 0, true);
         return 0;
@@ -806,6 +1139,10 @@ export class Hypervisor {
     const ch = dom.evtchns.get(port);
     if (!ch) return;
     dom.evtchns.delete(port);
+    if (ch.state === 'virq') {
+      const vc = dom.vcpus[ch.vcpu];
+      if (vc && vc.virqPorts[ch.virq ?? 0] === port) vc.virqPorts[ch.virq ?? 0] = 0;
+    }
     if (ch.state === 'interdomain') {
       const remote = this.domains.get(ch.remoteDom);
       const rch = remote?.evtchns.get(ch.remotePort);
@@ -842,42 +1179,198 @@ export class Hypervisor {
   // -------------------------------------------------------------------------
   // Memory and scheduling
 
+  /**
+   * Per domain: how many pfns its P2M holds (for the audit) and a floor below which
+   * every pfn is populated (where the search for the lowest free pfn starts).
+   */
+  private readonly pfnState = new Map<number, { count: number; floor: number }>();
+
+  private pfnsOf(dom: Domain): { count: number; floor: number } {
+    let s = this.pfnState.get(dom.domid);
+    if (!s) this.pfnState.set(dom.domid, (s = { count: 0, floor: 0 }));
+    return s;
+  }
+
+  /** The lowest pseudo-physical frame number of `dom` that has no frame. */
+  private lowestFreePfn(dom: Domain): number {
+    const s = this.pfnsOf(dom);
+    while (this.physmap.mfnOf(dom.domid, s.floor) !== undefined) s.floor++;
+    return s.floor;
+  }
+
+  /** Enters RAM frame `mfn` of `dom` at `pfn` in the P2M and the M2P (`pfn` must be free). */
+  private physmapAdd(dom: Domain, pfn: number, mfn: number): void {
+    invariant(this.physmap.mfnOf(dom.domid, pfn) === undefined, `pfn ${pfn} of dom${dom.domid} is populated`);
+    this.physmap.set(dom.domid, pfn, mfn);
+    this.pfnsOf(dom).count++;
+  }
+
+  /** Forgets the pfn of `dom`'s frame `mfn` (given back or freed), if it has one. */
+  private physmapRemove(dom: Domain, mfn: number): void {
+    const e = this.physmap.pfnOf(mfn);
+    if (!e || e.domid !== dom.domid) return;
+    this.physmap.clear(dom.domid, e.pfn);
+    const s = this.pfnsOf(dom);
+    s.count--;
+    if (e.pfn < s.floor) s.floor = e.pfn;
+  }
+
+  /** Forgets a dead domain's P2M and its frames' M2P entries. */
+  private forgetPhysmap(dom: Domain): void {
+    for (const f of this.frames.ownedBy(dom.domid)) this.physmapRemove(dom, f.mfn);
+    this.pfnState.delete(dom.domid);
+  }
+
+  /** Allocates an extent of RAM for `dom`, counts it and posts its handle to the calling vCPU. */
+  private allocRam(dom: Domain, order: number, why: string, out: Outgoing): Frame[] {
+    const fr = this.frames.alloc(dom.domid, order, 'ram');
+    dom.ramPages += fr.length;
+    const h = this.frames.give(dom.domid, out.vcpu, fr[0], why);
+    if (h) out.handles.push(h);
+    return fr;
+  }
+
+  /**
+   * `__HYPERVISOR_memory_op`. Every RAM frame a domain holds has a pseudo-physical
+   * frame number (pfn) in its P2M, kept here ({@link physmap}): the XenStore and
+   * console pages get pfns 0 and 1 at creation, `increase_reservation` gives each page
+   * of each extent the lowest free pfn, `populate_physmap` the pfns the guest names,
+   * and `decrease_reservation` (and destruction) forgets them. All counts are pages
+   * and all numbers frame numbers (not bytes).
+   *
+   * - `increase_reservation` / `decrease_reservation` / `populate_physmap`: a
+   *   {@link XEN_MEMORY_RESERVATION} with its list inline; the answer is the number of
+   *   extents done (a short count when one fails, as Xen's `nr_done`: quota
+   *   `maxPages` reached, a pfn already populated — Xen's `-EBUSY` inside, never
+   *   returned — a frame not the caller's or still mapped by a peer, a frame number
+   *   ≥ 2^53 or a pfn past 2^40 − 1); at most {@link MAX_OPS_PER_SLICE} extents per call.
+   *   `-EINVAL` for an order above {@link MAX_EXTENT_ORDER} or a list past the page,
+   *   `-EPERM` for another domain.
+   * - `current_reservation` / `maximum_reservation`: a {@link XEN_MEMORY_DOMAIN}; the
+   *   answer is pages (`ramPages` / `maxPages`). `-ESRCH` for no such domain, `-EPERM`
+   *   for another domain unless the caller is privileged.
+   * - `translate_gpfn_list` / `pvio_machphys_lookup`: see {@link translateOp}.
+   * @see xen/common/memory.c, xen/include/public/memory.h
+   */
   private memoryOp(dom: Domain, v: Vcpu, cmd: number, out: Outgoing): number {
+    switch (cmd) {
+      case XENMEM.increase_reservation:
+      case XENMEM.decrease_reservation:
+      case XENMEM.populate_physmap:
+        return this.reservationOp(dom, v, cmd, out);
+      case XENMEM.current_reservation:
+      case XENMEM.maximum_reservation: {
+        const d = this.copyArgs(v, 0, XEN_MEMORY_DOMAIN.size).getUint16(XEN_MEMORY_DOMAIN.fields.domid.offset, true);
+        const target = this.memopTarget(dom, d);
+        if (typeof target === 'number') return target;
+        return cmd === XENMEM.current_reservation ? target.ramPages : target.maxPages;
+      }
+      case XENMEM.translate_gpfn_list:
+      case XENMEM.pvio_machphys_lookup:
+        return this.translateOp(dom, v, cmd);
+      default:
+        return -XEN_ERRNO.ENOSYS;
+    }
+  }
+
+  /** The domain a memory_op names: the caller, or (privileged callers only) another. @returns it or `-errno`. */
+  private memopTarget(dom: Domain, d: number): Domain | number {
+    if (d === DOMID_SELF || d === dom.domid) return dom;
+    const t = this.domains.get(d);
+    if (!t || t.state === 'dead') return -XEN_ERRNO.ESRCH;
+    return dom.privileged ? t : -XEN_ERRNO.EPERM;
+  }
+
+  private reservationOp(dom: Domain, v: Vcpu, cmd: number, out: Outgoing): number {
     const F = XEN_MEMORY_RESERVATION.fields;
     const hdr = this.copyArgs(v, 0, XEN_MEMORY_RESERVATION.size);
-    const nr = readU64(hdr, F.nr_extents.offset);
+    const nr = guestU64(hdr, F.nr_extents.offset);
     const order = hdr.getUint32(F.extent_order.offset, true);
     const d = hdr.getUint16(F.domid.offset, true);
     if (d !== DOMID_SELF && d !== dom.domid) return -XEN_ERRNO.EPERM;
-    if (order > 4) return -XEN_ERRNO.EINVAL;
+    if (order > MAX_EXTENT_ORDER) return -XEN_ERRNO.EINVAL;
     const listOff = XEN_MEMORY_RESERVATION.size;
-    if (listOff + nr * 8 > HC_ARGS_BYTES) return -XEN_ERRNO.EINVAL;
+    if (nr < 0 || listOff + nr * 8 > HC_ARGS_BYTES) return -XEN_ERRNO.EINVAL;
     const o = v.hcDv;
+    const slot = (i: number) => HC_ARGS_OFFSET + listOff + i * 8;
     const pages = 1 << order;
     let done = 0;
     if (cmd === XENMEM.increase_reservation) {
       for (; done < nr && done < MAX_OPS_PER_SLICE; done++) {
         if (dom.ramPages + pages > dom.maxPages) break;
-        const fr = this.frames.alloc(dom.domid, order, 'ram');
-        dom.ramPages += pages;
-        const h = this.frames.give(dom.domid, out.vcpu, fr[0], 'increase_reservation');
-        if (h) out.handles.push(h);
-        writeU64(o, HC_ARGS_OFFSET + listOff + done * 8, fr[0].mfn);
+        const fr = this.allocRam(dom, order, 'increase_reservation', out);
+        for (const f of fr) this.physmapAdd(dom, this.lowestFreePfn(dom), f.mfn);
+        writeU64(o, slot(done), fr[0].mfn);
       }
       return done;
     }
-    if (cmd === XENMEM.decrease_reservation) {
-      const list = this.copyArgs(v, listOff, nr * 8);
+    // The list is read from the private copy (the header copy is no longer needed).
+    const list = this.copyArgs(v, listOff, nr * 8);
+    if (cmd === XENMEM.populate_physmap) {
       for (; done < nr && done < MAX_OPS_PER_SLICE; done++) {
-        const mfn = list.getUint32(done * 8, true);
-        const f = this.frames.get(mfn);
-        if (!f || f.owner !== dom.domid || f.kind !== 'ram' || f.extentBase !== mfn || f.extentOrder !== order) break;
-        if (this.frames.freeExtent(mfn) === 0) break; // still mapped by a peer
-        dom.ramPages -= pages;
+        const gpfn = guestU64(list, done * 8);
+        if (gpfn < 0 || gpfn + pages - 1 > MAX_PTE_FRAME) break;
+        if (dom.ramPages + pages > dom.maxPages) break;
+        let busy = false;
+        for (let j = 0; j < pages && !busy; j++) busy = this.physmap.mfnOf(dom.domid, gpfn + j) !== undefined;
+        if (busy) break; // Xen: -EBUSY from the p2m, reported as a short count
+        const fr = this.allocRam(dom, order, 'populate_physmap', out);
+        for (let j = 0; j < pages; j++) this.physmapAdd(dom, gpfn + j, fr[j].mfn);
+        writeU64(o, slot(done), fr[0].mfn); // PV: the MFN base goes back in place of the GPFN
       }
       return done;
     }
-    return -XEN_ERRNO.ENOSYS;
+    // decrease_reservation: MFN bases of whole extents of this order.
+    for (; done < nr && done < MAX_OPS_PER_SLICE; done++) {
+      const mfn = guestU64(list, done * 8);
+      const f = mfn < 0 ? undefined : this.frames.get(mfn);
+      if (!f || f.owner !== dom.domid || f.kind !== 'ram' || f.extentBase !== mfn || f.extentOrder !== order) break;
+      if (this.frames.freeExtent(mfn) === 0) break; // still mapped by a peer
+      for (let j = 0; j < pages; j++) this.physmapRemove(dom, mfn + j);
+      dom.ramPages -= pages;
+    }
+    return done;
+  }
+
+  /**
+   * `XENMEM_translate_gpfn_list` (P2M: each pfn of the list becomes its MFN, or
+   * `INVALID_MFN` for a hole) and `XENMEM_pvio_machphys_lookup` (M2P: each MFN becomes
+   * its pfn, or `INVALID_M2P_ENTRY` when the frame is not a RAM frame of the named
+   * domain). The argument is a {@link XEN_TRANSLATE_GPFN_LIST} with `nr_gpfns` u64
+   * entries inline after it, translated in place (lookups are cheap: a whole page of
+   * them, up to 500, is served in one call). @returns 0, `-EINVAL` for a list past the
+   * page, `-ESRCH`/`-EPERM` as {@link memopTarget}.
+   */
+  private translateOp(dom: Domain, v: Vcpu, cmd: number): number {
+    const F = XEN_TRANSLATE_GPFN_LIST.fields;
+    const hdr = this.copyArgs(v, 0, XEN_TRANSLATE_GPFN_LIST.size);
+    const target = this.memopTarget(dom, hdr.getUint16(F.domid.offset, true));
+    const nr = guestU64(hdr, F.nr_gpfns.offset);
+    if (typeof target === 'number') return target;
+    const listOff = XEN_TRANSLATE_GPFN_LIST.size;
+    if (nr < 0 || listOff + nr * 8 > HC_ARGS_BYTES) return -XEN_ERRNO.EINVAL;
+    const list = this.copyArgs(v, listOff, nr * 8);
+    const o = v.hcDv;
+    for (let i = 0; i < nr; i++) {
+      const x = guestU64(list, i * 8);
+      let answer: number | undefined;
+      if (x >= 0) {
+        if (cmd === XENMEM.translate_gpfn_list) {
+          answer = this.physmap.mfnOf(target.domid, x);
+        } else {
+          const e = this.physmap.pfnOf(x);
+          answer = e && e.domid === target.domid ? e.pfn : undefined;
+        }
+      }
+      const at = HC_ARGS_OFFSET + listOff + i * 8;
+      if (answer === undefined) {
+        o.setUint32(at, INVALID_FRAME_U32, true);
+        o.setUint32(at + 4, INVALID_FRAME_U32, true);
+      } else {
+        writeU64(o, at, answer);
+      }
+    }
+    return 0;
   }
 
   private schedOp(dom: Domain, v: Vcpu, cmd: number): number {
@@ -901,10 +1394,14 @@ export class Hypervisor {
 
   /**
    * Checks the handle log: every extent posted to a domain must be owned by it,
-   * mapped through a grant it was given, or a hypervisor frame it shares.
-   * @returns the violations (empty when the audit passes) and the log itself.
+   * mapped through a grant it was given, or a hypervisor frame it shares. Checks the
+   * P2M/M2P against the frame table too: for each domain not yet dead, every live RAM
+   * frame it owns has a pfn whose P2M entry names that frame, and its P2M holds
+   * exactly `ramPages` entries (so none names a frame given back or not its own).
+   * @returns the violations (empty when the audit passes), the number of log
+   *   entries, and each live domain's P2M as `[pfn, mfn]` pairs sorted by pfn.
    */
-  auditHandles(): { violations: string[]; entries: number } {
+  auditHandles(): { violations: string[]; entries: number; physmap: Record<number, Array<[number, number]>> } {
     const violations: string[] = [];
     for (const e of this.frames.log) {
       if (e.owner === e.domid) continue;
@@ -918,18 +1415,37 @@ export class Hypervisor {
         violations.push(`dom${e.domid} got frame ${e.extentBase} of dom${e.owner} (${e.reason})`);
       }
     }
-    return { violations, entries: this.frames.log.length };
+    const physmap: Record<number, Array<[number, number]>> = {};
+    for (const dom of this.domains.values()) {
+      if (dom.state === 'dead') continue;
+      const pairs: Array<[number, number]> = [];
+      for (const f of this.frames.ownedBy(dom.domid)) {
+        if (f.kind !== 'ram') continue;
+        const e = this.physmap.pfnOf(f.mfn);
+        if (!e || e.domid !== dom.domid) violations.push(`dom${dom.domid}'s RAM frame ${f.mfn} has no pfn`);
+        else if (this.physmap.mfnOf(dom.domid, e.pfn) !== f.mfn) violations.push(`P2M and M2P of dom${dom.domid} disagree on frame ${f.mfn}`);
+        else pairs.push([e.pfn, f.mfn]);
+      }
+      const entries = this.pfnState.get(dom.domid)?.count ?? 0;
+      if (entries !== pairs.length || entries !== dom.ramPages) {
+        violations.push(`dom${dom.domid}: P2M holds ${entries} pfns, ${pairs.length} of its live RAM frames have one, ramPages ${dom.ramPages}`);
+      }
+      physmap[dom.domid] = pairs.sort((a, b) => a[0] - b[0]);
+    }
+    return { violations, entries: this.frames.log.length, physmap };
   }
 
   /** Counter snapshot for reports. */
-  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: DomainSummary[] } {
+  snapshot(): HypervisorCounters & { frames: FrameTable['counters']; domains: DomainSummary[]; systemNs: number } {
+    const now = this.systemNs();
     return {
-      ...this.counters, hypercalls: { ...this.counters.hypercalls }, frames: { ...this.frames.counters },
+      ...this.counters, systemNs: now, hypercalls: { ...this.counters.hypercalls }, frames: { ...this.frames.counters },
       domains: [...this.domains.values()].map((d) => ({
         domid: d.domid, name: d.name, state: d.state, ramPages: d.ramPages, maxPages: d.maxPages, vcpus: d.vcpus.length,
         busyMs: d.vcpus.reduce((t, v) => t + (v.worker ? v.worker.performance.eventLoopUtilization().active : 0), 0),
         hypercalls: d.hypercalls, wakes: d.vcpus.reduce((t, v) => t + (Atomics.load(v.wake, I_WAKE) >>> 0), 0),
         mappings: d.maptrack.size, ports: d.evtchns.size,
+        virtualNs: d.vcpus[0]?.runstate.info(now).time[RUNSTATE.running] ?? 0,
       })),
     };
   }
@@ -959,6 +1475,8 @@ export interface DomainSummary {
   /** Grant mappings it holds, and its event-channel ports. */
   readonly mappings: number;
   readonly ports: number;
+  /** Its virtual time (ns): vCPU 0's time in RUNSTATE_running, i.e. time unpaused. */
+  readonly virtualNs: number;
 }
 
 /** Info a vCPU receives about a new binding of one of its ports. */
@@ -976,10 +1494,17 @@ export interface BindingInfo {
   /** Wake page of the remote vCPU the port is bound to. */
   readonly remoteWake: number;
 }
-/** Info a vCPU receives when one of its ports closes or loses its peer. */
+/**
+ * Info a vCPU receives when one of its ports closes or loses its peer, or is bound
+ * to a VIRQ (`virq`: raised by the hypervisor on vCPU `vcpu`).
+ */
 export interface PortInfo {
-  readonly kind: 'closed' | 'unbound';
+  readonly kind: 'closed' | 'unbound' | 'virq';
   readonly port: number;
+  /** `virq` only: the vCPU the VIRQ is raised on. */
+  readonly vcpu?: number;
+  /** `virq` only: the VIRQ (`VIRQ_TIMER`...). */
+  readonly virq?: number;
 }
 /** A handle-port message: the answer to call `seq`, or an unsolicited push. */
 export interface HandleMessage {
@@ -993,4 +1518,15 @@ interface Outgoing {
   readonly vcpu: number;
   handles: ExtentHandle[];
   info: Array<BindingInfo | PortInfo>;
+}
+
+/**
+ * A u64 a guest wrote (little-endian, at `offset` of the private copy), or -1 when it
+ * is 2^53 or more: no frame or count is that large, and `readU64` would throw a
+ * ProtocolError out of the service loop instead of failing the one call.
+ */
+function guestU64(dv: DataView, offset: number): number {
+  const hi = dv.getUint32(offset + 4, true);
+  if (hi >= 0x20_0000) return -1;
+  return hi * 2 ** 32 + dv.getUint32(offset, true);
 }

@@ -17,9 +17,11 @@ import { SHUTDOWN, HYPERVISOR, SCHEDOP, SCHED_SHUTDOWN, WAKE_PAGE, type DomId, t
 import type { BootInfo } from './boot.ts';
 import { HypercallPort } from './hypercall.ts';
 import { GuestMemory } from './guest-memory.ts';
+import { Balloon } from '../xenstore/balloon.ts';
 import { SpinTokens } from './spin.ts';
 import type { HandleMessage } from './hypervisor.ts';
 import { EventChannels } from '../event-channel/evtchn.ts';
+import { GuestTime } from './time.ts';
 import { GrantTable } from '../grant-table/gnttab.ts';
 import { XenbusClient } from '../xenstore/client.ts';
 import { Xenstored } from '../xenstore/xenstored.ts';
@@ -80,6 +82,19 @@ export class Kernel {
   readonly evtchn: EventChannels;
   readonly gnttab: GrantTable;
   readonly memory: GuestMemory;
+  /**
+   * The balloon driver (xenstore/balloon.ts), off until the guest calls
+   * `k.balloon.start()` on vCPU 0: then it moves the domain's reservation toward
+   * `memory/target` (KiB, written by the toolstack: `pvio mem-set`).
+   */
+  readonly balloon: Balloon;
+  /**
+   * Time (hypervisor/time.ts): system time (ns since the machine booted, read from
+   * `vcpu_time_info` without a hypercall), wall-clock time, the domain's virtual time
+   * (`VCPUOP_get_runstate_info`), and this vCPU's one-shot timer (`set_timer_op`,
+   * delivered as `VIRQ_TIMER`).
+   */
+  readonly time: GuestTime;
   readonly spin: SpinTokens;
   /** The XenStore client (over the XenStore ring; dom0 talks to its own xenstored). */
   xenbus!: XenbusClient;
@@ -141,6 +156,8 @@ export class Kernel {
     this.evtchn = new EventChannels(this.hypercall, boot.sharedInfo.buffer, boot.vcpuId, wakes, this.spin);
     this.gnttab = new GrantTable(this.hypercall, boot.grantTable.buffer, boot.nrGrantEntries);
     this.memory = new GuestMemory(this.hypercall);
+    this.balloon = new Balloon(this);
+    this.time = new GuestTime(this.hypercall, boot.sharedInfo.buffer, boot.vcpuId, this.evtchn);
     this.keepAlive = setInterval(() => {}, 1 << 30);
     this.console = boot.console ? this.ringConsole(boot.console.page.buffer, boot.console.port as EvtchnPort) : this.stdoutConsole();
   }
@@ -412,6 +429,8 @@ export class Kernel {
       evtchn: { ...this.evtchn.counters },
       gnttab: { ...this.gnttab.counters },
       memory: { ...this.memory.counters },
+      balloon: { ...this.balloon.counters },
+      time: { ...this.time.counters },
       idle: { ...this.counters },
     };
   }

@@ -8,12 +8,17 @@
  * So it scans the hypercall pages, and when none is pending it spins briefly if it
  * holds a spin token (a hypercall RTT then costs a few µs instead of ~70 µs), then
  * parks in `Atomics.waitAsync` on its single wake-up word, which every vCPU bumps
- * after it stores a call. Under sustained load it yields to the event loop every
- * {@link YIELD_EVERY} passes so control messages are never starved.
+ * after it stores a call — for at most a second, and never past the earliest
+ * `set_timer_op` alarm of a running domain, which it fires on waking ({@link
+ * Hypervisor.runTimers}; arming an earlier one bumps the word). Under sustained load it yields to the event loop every
+ * {@link YIELD_EVERY} passes so control messages are never starved. A call left
+ * pending by a domain's scheduler cap shortens the wait to the next cap period
+ * (hypervisor/sched-credit.ts).
  */
 import { parentPort, type MessagePort } from 'node:worker_threads';
 import { Hypervisor, type CreateDomainOptions } from './hypervisor.ts';
 import { SpinTokens } from './spin.ts';
+import type { XenDomctlSchedulerOp } from './abi.ts';
 
 const YIELD_EVERY = 256;
 const HV_SPIN_ITERATIONS = 4000;
@@ -22,7 +27,11 @@ const HV_SPIN_ITERATIONS = 4000;
 export type HvRequest =
   | { type: 'createDomain'; reqId: number; opts: CreateDomainOptions }
   | { type: 'unpause' | 'pause' | 'destroy'; reqId: number; domid: number }
-  | { type: 'snapshot' | 'audit' | 'shutdown'; reqId: number };
+  | { type: 'snapshot' | 'audit' | 'shutdown'; reqId: number }
+  /** `XEN_DOMCTL_scheduler_op` on `domid`: answers `{ rc, op }` (getinfo fills `op.u.credit`). */
+  | { type: 'schedulerOp'; reqId: number; domid: number; op: XenDomctlSchedulerOp }
+  /** The credit scheduler's per-domain counters (hypervisor/sched-credit.ts `DomainSchedStats[]`). */
+  | { type: 'schedStats'; reqId: number };
 
 /** A hypervisor → toolstack message: a reply, or a lifecycle event. */
 export type HvMessage =
@@ -54,6 +63,8 @@ export async function start(data: { spinTokens: SharedArrayBuffer }): Promise<vo
         case 'pause': hv.pause(m.domid); break;
         case 'destroy': hv.destroy(m.domid); break;
         case 'snapshot': value = hv.snapshot(); break;
+        case 'schedulerOp': value = { rc: hv.domctlSchedulerOp(m.domid, m.op), op: m.op }; break;
+        case 'schedStats': value = hv.sched.snapshot(); break;
         case 'audit': value = { ...hv.auditHandles(), log: hv.frames.log, counters: hv.snapshot() }; break;
         case 'shutdown':
           await hv.destroyAll();
@@ -73,6 +84,7 @@ export async function start(data: { spinTokens: SharedArrayBuffer }): Promise<vo
   let passes = 0;
   while (!stopping) {
     const seen = Atomics.load(hv.hvWake, 0);
+    hv.runTimers(); // set_timer_op alarms that fell due (cheap when none is armed)
     if (hv.serviceOnce() > 0) {
       if (++passes % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
       continue;
@@ -81,7 +93,8 @@ export async function start(data: { spinTokens: SharedArrayBuffer }): Promise<vo
       hv.counters.spins++;
       continue;
     }
-    const w = Atomics.waitAsync(hv.hvWake, 0, seen, 1000);
+    // A bounded wait: until the earliest armed alarm (hv.timerWaitMs) at the latest.
+    const w = Atomics.waitAsync(hv.hvWake, 0, seen, Math.min(hv.serviceIdleWaitMs(1000), hv.timerWaitMs(1000)));
     if (w.async) await w.value;
     hv.counters.wakeups++;
     passes = 0;

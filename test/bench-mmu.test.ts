@@ -16,7 +16,8 @@ describe('pvio bench mmu', () => {
   it('writes a row per mode and workload, the ratios with their predictions, and a chart', async () => {
     const json = join(dir, 'mmu.json');
     const svg = join(dir, 'mmu.svg');
-    const code = await benchMmu(['--rounds', '2', '--mappings', '700', '--switches', '40', '--syscalls', '500', '--json', json, '--svg', svg]);
+    // By default every run is a guest domain, the model's hypervisor in the hypervisor thread.
+    const code = await benchMmu(['--rounds', '1', '--mappings', '700', '--switches', '40', '--syscalls', '500', '--json', json, '--svg', svg]);
     expect(code).toBe(0);
     const report = JSON.parse(readFileSync(json, 'utf8')) as { rows: MmuRow[]; ratios: MmuRatio[] };
     expect(report.rows).toHaveLength(12);
@@ -27,6 +28,7 @@ describe('pvio bench mmu', () => {
         expect(typeof r[k], `${r.mode}/${r.workload}.${k}`).toBe('number');
       }
       expect(r.wallNs).toBeGreaterThan(0);
+      expect(r.oneThreadWallNs).toBeGreaterThan(0);
     }
     const row = (w: string, m: string) => report.rows.find((r) => r.workload === w && r.mode === m)!;
     expect(row('address-space', 'shadow').hypervisorEntries).toBeGreaterThanOrEqual(10 * row('address-space', 'pv-batched').hypervisorEntries);
@@ -40,6 +42,16 @@ describe('pvio bench mmu', () => {
     const chart = readFileSync(svg, 'utf8');
     expect(chart.startsWith('<svg')).toBe(true);
     for (const m of ['pv-batched', 'pv-single', 'shadow', 'trap-emulate']) expect(chart).toContain(m);
+  });
+
+  it('--one-thread runs the model in this thread, with the same counts', async () => {
+    const json = join(dir, 'one.json');
+    expect(await benchMmu(['--one-thread', '--rounds', '2', '--mappings', '700', '--switches', '40', '--syscalls', '500', '--json', json])).toBe(0);
+    const one = JSON.parse(readFileSync(json, 'utf8')) as { rows: MmuRow[]; config: { host: string } };
+    const hosted = JSON.parse(readFileSync(join(dir, 'mmu.json'), 'utf8')) as { rows: MmuRow[]; config: { host: string } };
+    expect(one.config.host).toBe('one-thread');
+    expect(hosted.config.host).toBe('hypervisor-thread');
+    expect(one.rows.map((r) => [r.mode, r.workload, r.hypervisorEntries, r.validatedPtes])).toEqual(hosted.rows.map((r) => [r.mode, r.workload, r.hypervisorEntries, r.validatedPtes]));
   });
 
   it('refuses bad arguments with one line', () => {

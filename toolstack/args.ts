@@ -30,6 +30,8 @@ Usage:
                                FileHandle and fio over NBD (--json FILE, --svg FILE, --quick)
   pvio bench net [options]     the network benchmark: domU → bridge → domU through pvio against
                                relayed MessagePort and SAB-ring baselines (--json FILE, --svg FILE, --quick)
+  pvio bench mmu [options]     the CPU/MMU model: PV batched and single updates, shadow paging and
+                               trap-and-emulate on three workloads (--json FILE, --svg FILE, --quick)
   pvio list                    the running machine's domains (id, name, state, memory, vCPUs, busy time)
   pvio xenstore-ls [PATH]      its XenStore tree below PATH (default /)
   pvio xenstore-read PATH      a XenStore node's value
@@ -40,12 +42,21 @@ Usage:
   pvio network-attach NAME [SPEC]
                                attach a vif (SPEC as in a config's vif = [...]); prints eth<N>
   pvio network-detach NAME N   detach vif eth<N>
+  pvio mem-set NAME SIZE       set the guest NAME's memory target (SIZE in MiB, or with a
+                               unit b/k/m/g/t, as xl mem-set); its balloon driver follows it
   pvio destroy NAME            destroy the guest NAME at once
   pvio shutdown [NAME]         ask the guest NAME to power off (destroyed after 10 s if it
                                does not), or, without NAME, stop the whole machine
   pvio console NAME            the guest NAME's console, both ways (Ctrl-] detaches)
   pvio top [--delay S] [--iterations N]
                                live per-domain, per-disk and per-vif rates, refreshed in place
+  pvio sched-credit [NAME] [-w WEIGHT] [-c CAP]
+                               a domain's credit-scheduler parameters (every domain's
+                               without NAME), or set them, as xl sched-credit: WEIGHT
+                               1 to 65535 (default 256), its share of hypervisor work
+                               and of dom0's disk service when contended; CAP the most
+                               hypervisor time its hypercalls take, in % of one CPU
+                               (0 = none, at most 100 x its vCPUs)
   pvio help                    show this help
   pvio --version               print the version
 
@@ -126,7 +137,7 @@ export const MAX_DOM0_VCPUS = 32;
 /** `pvio bench WHAT [ARGS...]`: the benchmark's own arguments are parsed by the benchmark. */
 export interface BenchCommand {
   command: 'bench';
-  /** Which benchmark (`ring`, `blk` or `net`). */
+  /** Which benchmark (`ring`, `blk`, `net` or `mmu`). */
   what: string;
   /** The arguments after WHAT, untouched. */
   argv: string[];
@@ -144,6 +155,12 @@ export interface ControlCommand {
   delaySec?: number;
   /** `top`: `--iterations N`, screens before it exits (default: until Ctrl-C). */
   iterations?: number;
+  /**
+   * `sched-credit`: `--weight W` / `-w W` and `--cap C` / `-c C`, whole numbers as
+   * given (their ranges are the hypervisor's to check: EINVAL); absent when not given.
+   */
+  weight?: number;
+  cap?: number;
 }
 
 /** A parsed command line: see {@link parseCli}. */
@@ -166,6 +183,8 @@ const OPTIONS = {
   detach: { type: 'boolean' },
   delay: { type: 'string' },
   iterations: { type: 'string' },
+  weight: { type: 'string', short: 'w' },
+  cap: { type: 'string', short: 'c' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 } as const;
@@ -198,9 +217,9 @@ function q(s: string): string {
  */
 export function parseCli(argv: string[]): Cli {
   if (argv[0] === 'bench') {
-    if (argv[1] !== 'ring' && argv[1] !== 'blk' && argv[1] !== 'net') {
-      throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring', 'pvio bench blk' or 'pvio bench net')"
-        : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring', 'pvio bench blk' or 'pvio bench net')`);
+    if (argv[1] !== 'ring' && argv[1] !== 'blk' && argv[1] !== 'net' && argv[1] !== 'mmu') {
+      throw new UsageError(argv[1] === undefined ? "bench needs a benchmark name (try 'pvio bench ring', 'pvio bench blk', 'pvio bench net' or 'pvio bench mmu')"
+        : `unknown benchmark ${q(argv[1])} (try 'pvio bench ring', 'pvio bench blk', 'pvio bench net' or 'pvio bench mmu')`);
     }
     return { command: 'bench', what: argv[1], argv: argv.slice(2) };
   }
@@ -253,7 +272,7 @@ export function parseCli(argv: string[]): Cli {
   }
   if ((CONTROL_COMMANDS as readonly string[]).includes(command)) {
     const op = command as ControlCommandName;
-    const own = op === 'top' ? ['machine', 'delay', 'iterations'] : ['machine'];
+    const own = op === 'top' ? ['machine', 'delay', 'iterations'] : op === 'sched-credit' ? ['machine', 'weight', 'cap'] : ['machine'];
     for (const name of seen.keys()) if (!own.includes(name)) throw new UsageError(`option '--${name}' does not apply to '${op}'`);
     const [least, most] = CONTROL_ARITY[op];
     if (rest.length < least) throw new UsageError(`'${op}' needs ${least === most ? least : `at least ${least}`} argument${least === 1 ? '' : 's'} (try 'pvio help')`);
@@ -270,6 +289,13 @@ export function parseCli(argv: string[]): Cli {
       const n = /^[0-9]{1,9}$/.test(it) ? Number(it) : NaN;
       if (!(n >= 1)) throw new UsageError(`option '--iterations' needs a whole number from 1, got ${q(it)}`);
       out.iterations = n;
+    }
+    for (const name of ['weight', 'cap'] as const) {
+      const v = seen.get(name);
+      if (typeof v !== 'string') continue;
+      if (!/^[0-9]{1,9}$/.test(v)) throw new UsageError(`option '--${name}' needs a whole number, got ${q(v)}`);
+      if (rest[0] === undefined) throw new UsageError(`option '--${name}' needs the domain's NAME`);
+      out[name] = Number(v);
     }
     return out;
   }

@@ -267,7 +267,10 @@ async function runControlCommand(cmd: ControlCommand, err: (m: string) => void):
     if (cmd.op === 'top') return await top(name, cmd);
     if (cmd.op === 'console') return await consoleSession(name, cmd.args[0], err);
     // Paths in a disk spec are the caller's: the machine resolves them against its cwd.
-    const args = cmd.op === 'block-attach' ? [...cmd.args, process.cwd()] : cmd.args;
+    const args = cmd.op === 'block-attach' ? [...cmd.args, process.cwd()]
+      // sched-credit: NAME, WEIGHT, CAP ('' where not given).
+      : cmd.op === 'sched-credit' ? [cmd.args[0] ?? '', cmd.weight === undefined ? '' : String(cmd.weight), cmd.cap === undefined ? '' : String(cmd.cap)]
+        : cmd.args;
     const value = await controlRequest(name, cmd.op, args);
     process.stdout.write(formatControlReply(cmd.op, value, cmd.args));
     return 0;
@@ -302,6 +305,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd.command === 'bench') {
     if (cmd.what === 'blk') return (await import('../bench/blk.ts')).benchBlk(cmd.argv);
     if (cmd.what === 'net') return (await import('../bench/net.ts')).benchNet(cmd.argv);
+    if (cmd.what === 'mmu') return (await import('../bench/mmu.ts')).benchMmu(cmd.argv);
     const { benchRing } = await import('../bench/ring.ts');
     return benchRing(cmd.argv);
   }

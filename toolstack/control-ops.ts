@@ -12,9 +12,11 @@
  * | `block-detach` | NAME VDEV | whether it was forced |
  * | `network-attach` | NAME [SPEC] | the new vif's devid |
  * | `network-detach` | NAME DEVID | whether it was forced |
+ * | `mem-set` | NAME SIZE | (SIZE as `xl mem-set`'s: see {@link parseMemSizeKiB}); writes the guest's `memory/target` |
  * | `destroy` | NAME | |
  * | `shutdown` | [NAME] | a guest: whether it had to be destroyed; none: the whole machine stops |
  * | `stats` | | a {@link MachineSnapshot} (what `pvio top` turns into rates) |
+ * | `sched-credit` | [NAME [WEIGHT [CAP]]] (`''`: not given) | with WEIGHT or CAP: sets them (nothing); else NAME's (or every domain's) {@link SchedCreditRow}s |
  * | `console` | NAME | a stream: `{type:'output', line}` from the guest's console, `{type:'exit'}` when it ends; the client sends `{type:'input', data}` |
  * | `ping` | | `pong` |
  * | `pid` | | the process id of the `pvio up` serving it |
@@ -26,7 +28,7 @@ import type { DomainSummary } from '../hypervisor/hypervisor.ts';
 
 /** The commands `pvio` sends to a machine (see the module comment). */
 export const CONTROL_COMMANDS = ['list', 'xenstore-ls', 'xenstore-read', 'xenstore-write', 'block-attach', 'block-detach',
-  'network-attach', 'network-detach', 'destroy', 'shutdown', 'top', 'console'] as const;
+  'network-attach', 'network-detach', 'destroy', 'shutdown', 'top', 'console', 'mem-set', 'sched-credit'] as const;
 /** One of {@link CONTROL_COMMANDS}. */
 export type ControlCommandName = (typeof CONTROL_COMMANDS)[number];
 
@@ -34,7 +36,35 @@ export type ControlCommandName = (typeof CONTROL_COMMANDS)[number];
 export const CONTROL_ARITY: Readonly<Record<ControlCommandName, readonly [number, number]>> = {
   list: [0, 0], 'xenstore-ls': [0, 1], 'xenstore-read': [1, 1], 'xenstore-write': [2, 2], 'block-attach': [2, 2], 'block-detach': [2, 2],
   'network-attach': [1, 2], 'network-detach': [2, 2], destroy: [1, 1], shutdown: [0, 1], top: [0, 0], console: [1, 1],
+  'mem-set': [2, 2], 'sched-credit': [0, 1],
 };
+
+/** One domain's line of `pvio sched-credit` (xl's columns). */
+export interface SchedCreditRow {
+  readonly name: string;
+  readonly domid: number;
+  readonly weight: number;
+  /** Percent of one CPU; 0 = no cap. */
+  readonly cap: number;
+}
+
+/**
+ * A memory size as `xl mem-set` reads it: a whole number with an optional unit,
+ * `b`, `k`, `m` (the default), `g` or `t` (either case; powers of 1024), e.g. `512`,
+ * `512m`, `2G`, `65536k`.
+ * @returns the size in KiB (bytes rounded down to whole KiB).
+ * @throws Error with a one-line message for anything else (or a size past 2^53 KiB).
+ * @see tools/xl/xl_utils.c (parse_mem_size_kb)
+ */
+export function parseMemSizeKiB(text: string): number {
+  const m = /^([0-9]{1,16})([bkmgtBKMGT]?)$/.exec(text);
+  const shift: Record<string, number> = { b: -10, k: 0, '': 10, m: 10, g: 20, t: 30 };
+  const kib = m ? Math.floor(Number(m[1]) * 2 ** shift[m[2].toLowerCase()]) : NaN;
+  if (!Number.isSafeInteger(kib)) {
+    throw new Error(`bad memory size '${text.slice(0, 20)}' (a whole number with an optional unit b, k, m, g or t; m when none)`);
+  }
+  return kib;
+}
 
 /**
  * The handlers of a machine's control socket. `stopMachine` is called for a
@@ -86,6 +116,29 @@ export function machineHandlers(m: Machine, stopMachine: () => void): Record<str
       return m.detachVif(await domid(a[0]), Number(a[1]));
     },
     destroy: async (a) => m.destroy(await domid(a[0])),
+    'sched-credit': async (a) => {
+      const num = (s: string | undefined, what: string): number | undefined => {
+        if (s === undefined || s === '') return undefined;
+        if (!/^[0-9]{1,9}$/.test(s)) throw new Error(`bad ${what} '${s.slice(0, 20)}' (a whole number)`);
+        return Number(s);
+      };
+      const weight = num(a[1], 'weight');
+      const cap = num(a[2], 'cap');
+      const live = (await m.domains()).filter((d) => d.state !== 'dying' && d.state !== 'dead');
+      const name = a[0] ?? '';
+      const doms = name === '' ? live : live.filter((d) => d.name === name);
+      if (doms.length === 0) throw new Error(`no domain named '${name}'`);
+      if (weight !== undefined || cap !== undefined) {
+        if (name === '') throw new Error('sched-credit: setting a weight or cap needs the domain\'s NAME');
+        await m.setSchedParams(doms[0].domid, { weight, cap });
+        return null;
+      }
+      return Promise.all(doms.map(async (d): Promise<SchedCreditRow> => ({ name: d.name, domid: d.domid, ...(await m.getSchedParams(d.domid)) })));
+    },
+    'mem-set': async (a) => {
+      const kib = parseMemSizeKiB(a[1]);
+      return m.setMemoryTarget(await domid(a[0]), kib);
+    },
     shutdown: async (a) => {
       if (a[0] === undefined) {
         setImmediate(stopMachine); // answer first, then stop
@@ -100,6 +153,15 @@ export function machineHandlers(m: Machine, stopMachine: () => void): Record<str
 export function formatList(rows: readonly DomainSummary[]): string {
   const head = ['Name', 'ID', 'Mem', 'VCPUs', 'State', 'Time(s)'];
   const cells = rows.map((d) => [d.name, String(d.domid), String(Math.round((d.maxPages * 4096) / 2 ** 20)), String(d.vcpus), d.state, (d.busyMs / 1000).toFixed(1)]);
+  const w = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+  const line = (c: readonly string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
+  return [line(head), ...cells.map(line)].join('\n') + '\n';
+}
+
+/** The `xl sched-credit` table of {@link SchedCreditRow}s: Name, ID, Weight, Cap. */
+export function formatSchedCredit(rows: readonly SchedCreditRow[]): string {
+  const head = ['Name', 'ID', 'Weight', 'Cap'];
+  const cells = rows.map((r) => [r.name, String(r.domid), String(r.weight), String(r.cap)]);
   const w = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   const line = (c: readonly string[]) => c.map((x, i) => (i === 0 ? x.padEnd(w[i]) : x.padStart(w[i]))).join('  ');
   return [line(head), ...cells.map(line)].join('\n') + '\n';
@@ -122,6 +184,7 @@ export function formatControlReply(op: ControlCommandName, value: unknown, args:
     case 'xenstore-ls': return formatXenstoreTree(args[0] ?? '/', value as Array<[string, string]>);
     case 'xenstore-read': return `${value as string}\n`;
     case 'network-attach': return `eth${value as number}\n`;
+    case 'sched-credit': return value ? formatSchedCredit(value as SchedCreditRow[]) : '';
     case 'block-detach':
     case 'network-detach':
     case 'shutdown': return value && (value as { forced?: boolean }).forced ? 'pvio: the guest did not answer in time: forced\n' : '';

@@ -28,7 +28,8 @@ import type { BlkbackFeatures } from '../blkback/features.ts';
 
 /** A command from the toolstack to dom0. */
 export type Dom0Request =
-  | { type: 'introduce'; reqId: number; domid: number; name: string; storePort: number; consolePort: number }
+  /** `memoryKiB`: the guest's quota; dom0 writes `memory/static-max` and (if absent) `memory/target` from it. */
+  | { type: 'introduce'; reqId: number; domid: number; name: string; storePort: number; consolePort: number; memoryKiB?: number }
   | {
     type: 'addDisk'; reqId: number; domid: number; vdev: string; virtualDevice: number; path: string; readOnly: boolean;
     features?: Partial<BlkbackFeatures>; store?: StoreSpec; initWaitDelayMs?: number; asyncStore?: boolean;
@@ -50,6 +51,12 @@ export type Dom0Request =
   | { type: 'xsList'; reqId: number; path: string }
   /** Text typed at a guest's console (`pvio console`): written into its ring's `in` half. */
   | { type: 'consoleInput'; reqId: number; domid: number; data: string }
+  /**
+   * A guest's credit-scheduler parameters changed (`Machine.setSchedParams`): blkback
+   * serves its rings with `weight` from now on, on every vCPU of dom0 (the cap is the
+   * hypervisor's business; blkback/weighted-scheduler.ts).
+   */
+  | { type: 'schedParams'; reqId: number; domid: number; weight: number; cap: number }
   | { type: 'shutdown'; reqId: number };
 
 /** A vif as the toolstack asks dom0 to attach it (defaults filled in). */
@@ -188,6 +195,16 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       guests.get(domid)?.disks.find((d) => d.opts.devid === devid)?.remoteRingError(a.key, a.message);
     },
   });
+  /**
+   * Serves guest `domid`'s rings with `weight` on every vCPU of dom0 (null: forgets
+   * the guest). @throws RangeError for a weight that is not 1..65535.
+   */
+  async function setBlkbackWeight(domid: number, weight: number | null): Promise<void> {
+    if (weight === null) sched.forgetDomain(domid);
+    else sched.setWeight(domid, weight);
+    const others = Array.from({ length: k.nrVcpus - 1 }, (_, i) => i + 1);
+    await Promise.all(others.map((v) => k.callVcpu(v, 'blkback.setWeight', { domid, weight })));
+  }
   await xs.write('/local/domain/0/name', 'Domain-0');
   await xs.write('/local/domain/0/domid', '0');
 
@@ -243,6 +260,23 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       }
     });
     guests.set(domid, g);
+  }
+
+  /**
+   * Writes a new guest's `memory/` directory as libxl does: dom0 owns it and the guest
+   * may only read it (libxl's `roperm`); `static-max` is the quota and `target` the
+   * reservation wanted, both in KiB (`target` only when not already there, so one
+   * written before the introduction stays). The guest's balloon driver watches `target`.
+   * @see tools/libs/light/libxl_create.c (libxl__domain_make), libxl_dom.c (libxl__build_post)
+   */
+  async function writeMemoryKeys(domid: number, kib: number): Promise<void> {
+    const dir = `/local/domain/${domid}/memory`;
+    await xs.transaction(async (tx) => {
+      await tx.mkdir(dir);
+      await tx.setPerms(dir, [{ domid: 0, perm: 'n' }, { domid, perm: 'r' }]);
+      await tx.write(`${dir}/static-max`, String(kib));
+      if ((await tx.readOptional(`${dir}/target`)) === undefined) await tx.write(`${dir}/target`, String(kib));
+    });
   }
 
   async function addDisk(r: Extract<Dom0Request, { type: 'addDisk' }>): Promise<void> {
@@ -457,6 +491,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       disks, vifs,
       bridges: Object.fromEntries([...bridges].map(([n, b]) => [n, { ...b.counters, ports: b.portNames() }])), console: { ...consoleCounters }, releaseDomainEvents, xenstored: { ...xenstored.counters },
       guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
+      // vCPU 0's blkback scheduler: rounds, weighted rounds, whether weights apply now.
+      blkbackSched: { ...sched.counters, weighted: sched.isWeighted() },
     };
   }
 
@@ -468,7 +504,10 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       try {
         let value: unknown = null;
         switch (req.type) {
-          case 'introduce': introduce(req.domid, req.name, req.storePort, req.consolePort); break;
+          case 'introduce':
+            introduce(req.domid, req.name, req.storePort, req.consolePort);
+            if (req.memoryKiB !== undefined) await writeMemoryKeys(req.domid, req.memoryKiB);
+            break;
           case 'addDisk': await addDisk(req); break;
           case 'removeDisk': value = await removeDisk(req); break;
           case 'resizeDisk': {
@@ -481,8 +520,10 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             const g = guests.get(req.domid);
             if (xenstored.isIntroduced(req.domid)) xenstored.release(req.domid); // fires @releaseDomain
             if (g) await teardownGuest(g);
+            void setBlkbackWeight(req.domid, null).catch(() => undefined);
             break;
           }
+          case 'schedParams': await setBlkbackWeight(req.domid, req.weight); break;
           case 'stats': value = await stats(); break;
           case 'addVif': await addVif(req.domid, req.vif); break;
           case 'addBridgePort': value = await addBridgePort(req.bridge, req.module, req.args); break;

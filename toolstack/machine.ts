@@ -21,6 +21,8 @@ import type { CreateDomainOptions, DomainSummary } from '../hypervisor/hyperviso
 import { DEFAULT_VIF_BRIDGE, DEFAULT_VIF_MTU, type DiskSpec, type VifSpec } from './config.ts';
 import type { Dom0Request, Dom0Reply, Dom0Vif } from './dom0.ts';
 import { XenbusState } from '../xenstore/xenbus.ts';
+import { XEN_DOMCTL_SCHEDOP, XEN_ERRNO, XEN_SCHEDULER, type XenDomctlSchedulerOp } from '../hypervisor/abi.ts';
+import { CSCHED_MAX_WEIGHT, SCHED_CAP_UNCHANGED, SCHED_WEIGHT_UNCHANGED, type DomainSchedStats } from '../hypervisor/sched-credit.ts';
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
@@ -193,6 +195,28 @@ export class MachineError extends PvioError {
   constructor(message: string) {
     super('PVIO_ERR_MACHINE', message);
   }
+}
+
+/**
+ * The hypervisor refused a domctl (code `PVIO_ERR_DOMCTL`): `errno` is Xen's positive
+ * errno (`XEN_ERRNO.EINVAL` = 22 for a parameter out of range, `ESRCH` = 3 for no
+ * such domain); `message` is one line ending with the errno's name.
+ */
+export class DomctlError extends PvioError {
+  constructor(readonly errno: number, message: string) {
+    super('PVIO_ERR_DOMCTL', message);
+  }
+}
+
+/**
+ * A domain's credit-scheduler parameters, as `xl sched-credit` shows and sets them.
+ * @see xen/include/public/domctl.h (xen_domctl_sched_credit)
+ */
+export interface SchedParams {
+  /** Its share relative to other domains' (1..65535, default 256): of hypervisor service and of dom0's backends when contended. */
+  readonly weight: number;
+  /** Most hypervisor time its hypercalls may take, in percent of one CPU (0 = no cap; at most 100 × its vCPUs). */
+  readonly cap: number;
 }
 
 interface Pending {
@@ -393,7 +417,10 @@ export class Machine {
       ctl.port1.postMessage({ type: 'call', id, op, args });
     });
     try {
-      await this.dom0Request({ type: 'introduce', domid, name: spec.name, storePort: created.store.port, consolePort: created.console.port });
+      await this.dom0Request({
+        type: 'introduce', domid, name: spec.name, storePort: created.store.port, consolePort: created.console.port,
+        memoryKiB: spec.memoryMiB * 1024,
+      });
       for (const d of spec.disks ?? []) {
         await this.dom0Request({
           type: 'addDisk', domid, vdev: d.vdev, virtualDevice: d.virtualDevice, path: d.path, readOnly: d.readOnly,
@@ -533,9 +560,89 @@ export class Machine {
     return { forced: true };
   }
 
+  /**
+   * Sets a guest's memory target, as `xl mem-set`: dom0 writes
+   * `/local/domain/<domid>/memory/target` = `kib` (KiB, as libxl does). The guest's
+   * balloon driver, if it runs one (`k.balloon.start()`), moves its reservation
+   * toward it, giving free pages back or taking pages in (it reports the reservation
+   * reached in `data/balloon/current`, KiB); the hypervisor's quota stays
+   * `memory/static-max` (set at creation from `memoryMiB`). Resolves once the target
+   * is written, not when it is reached.
+   * @param kib the target in KiB, an integer from 0 to the guest's `static-max`.
+   * @throws MachineError when there is no such guest, `kib` is not a whole number of
+   *   KiB, or it is above `static-max` (libxl's `ERROR_INVAL`: "memory_dynamic_max must
+   *   be less than or equal to memory_static_max").
+   * @see tools/libs/light/libxl_mem.c (libxl_set_memory_target)
+   */
+  async setMemoryTarget(domid: number, kib: number): Promise<void> {
+    if (!(Number.isSafeInteger(kib) && kib >= 0)) throw new MachineError(`memory target ${kib} is not a whole number of KiB`);
+    const d = (await this.domains()).find((x) => x.domid === domid);
+    if (!d || d.state === 'dying' || d.state === 'dead') throw new MachineError(`no domain ${domid}`);
+    const max = Number(await this.xenstoreRead(`/local/domain/${domid}/memory/static-max`).catch(() => NaN));
+    if (!Number.isFinite(max)) throw new MachineError(`dom${domid} has no memory/static-max: not a guest`);
+    if (kib > max) throw new MachineError(`memory target ${kib} KiB is above dom${domid}'s static-max of ${max} KiB`);
+    await this.xenstoreWrite(`/local/domain/${domid}/memory/target`, String(kib));
+  }
+
   /** Destroys a domain (as `xl destroy`). */
   async destroy(domid: number): Promise<void> {
     await this.hvRequest({ type: 'destroy', reqId: 0, domid });
+  }
+
+  /** Sends `XEN_DOMCTL_scheduler_op` (credit). @throws DomctlError naming the errno the hypervisor answered. */
+  private async schedulerOp(domid: number, cmd: number, credit: { weight: number; cap: number }): Promise<SchedParams> {
+    const op: XenDomctlSchedulerOp = { sched_id: XEN_SCHEDULER.credit, cmd, u: { credit } };
+    const r = (await this.hvRequest({ type: 'schedulerOp', reqId: 0, domid, op })) as { rc: number; op: XenDomctlSchedulerOp };
+    if (r.rc === -XEN_ERRNO.ESRCH) throw new DomctlError(XEN_ERRNO.ESRCH, `no domain ${domid} (ESRCH)`);
+    if (r.rc < 0) {
+      const name = Object.entries(XEN_ERRNO).find(([, v]) => v === -r.rc)?.[0] ?? `errno ${-r.rc}`;
+      const vcpus = (await this.domains()).find((d) => d.domid === domid)?.vcpus;
+      const why = cmd === XEN_DOMCTL_SCHEDOP.putinfo && credit.cap !== SCHED_CAP_UNCHANGED && vcpus !== undefined
+        ? `cap ${credit.cap} is out of range for dom${domid}: 0 to ${100 * vcpus} (100 × its ${vcpus} vCPU${vcpus === 1 ? '' : 's'})`
+        : `the hypervisor refused the scheduler parameters of dom${domid}`;
+      throw new DomctlError(-r.rc, `${why} (${name})`);
+    }
+    return { weight: r.op.u.credit.weight, cap: r.op.u.credit.cap };
+  }
+
+  /**
+   * A domain's credit-scheduler parameters (`xl sched-credit -d`; `XEN_DOMCTL_SCHEDOP_getinfo`).
+   * @throws DomctlError (ESRCH) when there is no such domain.
+   */
+  getSchedParams(domid: number): Promise<SchedParams> {
+    return this.schedulerOp(domid, XEN_DOMCTL_SCHEDOP.getinfo, { weight: 0, cap: 0 });
+  }
+
+  /**
+   * Sets a domain's credit-scheduler parameters (`xl sched-credit -d D -w W -c C`;
+   * `XEN_DOMCTL_SCHEDOP_putinfo`); what `p` leaves out stays as it is. The weight
+   * applies to the hypervisor's service of its hypercalls when other domains' calls
+   * are pending too, and to dom0's blkback between guests' rings (dom0 is told here);
+   * the cap to the hypervisor's time serving its hypercalls (hypervisor/sched-credit.ts,
+   * blkback/weighted-scheduler.ts).
+   * @returns the parameters now in force.
+   * @throws DomctlError: EINVAL (nothing changed) when `weight` is not an integer 1..65535
+   *   or `cap` not an integer 0..100 × the domain's vCPUs; ESRCH when there is no such
+   *   domain. MachineError when dom0 does not take the weight.
+   */
+  async setSchedParams(domid: number, p: { weight?: number; cap?: number }): Promise<SchedParams> {
+    const { weight, cap } = p;
+    if (weight !== undefined && !(Number.isInteger(weight) && weight >= 1 && weight <= CSCHED_MAX_WEIGHT)) {
+      throw new DomctlError(XEN_ERRNO.EINVAL, `weight ${weight} is out of range: 1 to ${CSCHED_MAX_WEIGHT} (EINVAL)`);
+    }
+    if (cap !== undefined && !(Number.isInteger(cap) && cap >= 0 && cap < SCHED_CAP_UNCHANGED)) {
+      throw new DomctlError(XEN_ERRNO.EINVAL, `cap ${cap} is out of range: 0 (no cap) to 100 × the domain's vCPUs (EINVAL)`);
+    }
+    if (weight === undefined && cap === undefined) return this.getSchedParams(domid);
+    await this.schedulerOp(domid, XEN_DOMCTL_SCHEDOP.putinfo, { weight: weight ?? SCHED_WEIGHT_UNCHANGED, cap: cap ?? SCHED_CAP_UNCHANGED });
+    const now = await this.getSchedParams(domid);
+    if (domid !== 0) await this.dom0Request({ type: 'schedParams', domid, weight: now.weight, cap: now.cap });
+    return now;
+  }
+
+  /** The hypervisor's scheduling counters per domain (calls served and deferred for weight and cap; see hypervisor/sched-credit.ts). */
+  async schedStats(): Promise<DomainSchedStats[]> {
+    return (await this.hvRequest({ type: 'schedStats', reqId: 0 })) as DomainSchedStats[];
   }
 
   /**
@@ -655,8 +762,15 @@ export class Machine {
     return (await this.hvRequest({ type: 'snapshot', reqId: 0 })) as Record<string, unknown>;
   }
 
-  /** The handle audit: violations (empty when every handle was legitimate) and the log. */
-  async audit(): Promise<{ violations: string[]; entries: number; log: Array<{ domid: number; extentBase: number; owner: number; reason: string }> }> {
+  /**
+   * The handle audit: violations (empty when every handle was legitimate and every
+   * live domain's P2M/M2P agrees with the frame table), the log, and each live
+   * domain's P2M as `[pfn, mfn]` pairs sorted by pfn (see `Hypervisor.auditHandles`).
+   */
+  async audit(): Promise<{
+    violations: string[]; entries: number; log: Array<{ domid: number; extentBase: number; pages: number; owner: number; reason: string }>;
+    physmap: Record<number, Array<[number, number]>>;
+  }> {
     return (await this.hvRequest({ type: 'audit', reqId: 0 })) as never;
   }
 

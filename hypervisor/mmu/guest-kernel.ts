@@ -22,9 +22,9 @@
  */
 import { MMU, MMUEXT, UVMF } from './abi.ts';
 import type { ModelMemory } from './memory.ts';
-import type { MmuHypervisor, MmuUpdateReq, MulticallEntry } from './mmu-hypervisor.ts';
+import type { MmuHypervisor, MmuPort, MmuUpdateReq, MulticallEntry } from './mmu-hypervisor.ts';
 import { PTE, makePte, vaParts } from './pagetable.ts';
-import { Vcpu, type TrapFrame } from './vcpu.ts';
+import { Vcpu, type SyscallHandler, type TrapFrame } from './vcpu.ts';
 
 /** The four modes of the benchmark. */
 export type KernelMode = 'pv-batched' | 'pv-single' | 'shadow' | 'trap-emulate';
@@ -68,58 +68,92 @@ export class GuestKernel {
   /** A page fault handler's hook: return true to have the access retried. */
   onPageFault: ((frame: TrapFrame) => boolean) | undefined;
 
-  private constructor(readonly hv: MmuHypervisor, readonly mem: ModelMemory, readonly domid: number, readonly mode: KernelMode,
-    kernelL4: number, free: number[], tables: Iterable<number>) {
+  private constructor(readonly port: MmuPort, readonly domid: number, readonly mode: KernelMode, private readonly mfns: readonly number[],
+    private readonly pfnBase: number, kernelL4: number, free: number[], tables: Iterable<number>) {
     this.pv = mode === 'pv-batched' || mode === 'pv-single';
-    this.vcpu = new Vcpu(hv, domid, 0);
+    this.vcpu = new Vcpu(port, domid, 0);
     this.kernelL4 = kernelL4;
     this.free = free;
     for (const t of tables) this.tables.add(t);
   }
 
   /**
-   * The domain builder and the kernel's boot: allocates `pages` frames to `domid`,
-   * builds the direct map in them (page-table frames read-only under direct
-   * paging), loads it (pinned under direct paging), installs the IDT (#PF, #GP,
-   * vector 0x80 for system calls) and — except in trap-emulate mode — the fast
-   * system-call handler and event callback, then zeroes the vCPU's counters.
-   * @throws Error when the hypervisor refuses the tables (a bug in the builder).
+   * Boots the kernel in one thread: registers `domid` with the model's hypervisor
+   * `hv` in the mode's paging, gives it `pages` frames of `mem` (pfns 0 …), and runs
+   * {@link start}. @throws as {@link start}.
    */
-  static boot(hv: MmuHypervisor, mem: ModelMemory, domid: number, mode: KernelMode, pages: number, syscall: (nr: number, args: readonly number[]) => unknown): GuestKernel {
+  static boot(hv: MmuHypervisor, mem: ModelMemory, domid: number, mode: KernelMode, pages: number, syscall: SyscallHandler): GuestKernel {
+    hv.addDomain(domid, mode === 'pv-batched' || mode === 'pv-single' ? 'pv' : 'shadow');
+    return GuestKernel.start(hv, domid, mode, mem.alloc(domid, pages), 0, syscall);
+  }
+
+  /**
+   * The domain builder and the kernel's boot, over frames the domain already has:
+   * `mfns[i]` is the machine frame of pfn `pfnBase + i` (the P2M, as the kernel
+   * keeps it). Builds the direct map of those pfns in the first of them (page-table
+   * frames read-only under direct paging), loads it (pinned under direct paging),
+   * installs the IDT (#PF, #GP, vector 0x80 for system calls) and — except in
+   * trap-emulate mode — the fast system-call handler and event callback, then zeroes
+   * the vCPU's counters. The domain's paging mode must already be set in the hypervisor.
+   * @throws Error when the hypervisor refuses the tables or the handlers.
+   */
+  static start(port: MmuPort, domid: number, mode: KernelMode, mfns: readonly number[], pfnBase: number, syscall: SyscallHandler): GuestKernel {
     const pv = mode === 'pv-batched' || mode === 'pv-single';
-    hv.addDomain(domid, pv ? 'pv' : 'shadow');
-    const mfns = mem.alloc(domid, pages);
-    const nL1 = Math.ceil(pages / 512);
-    const nL2 = Math.ceil(nL1 / 512);
-    if (nL2 > 512) throw new Error('the model kernel maps at most 512 GiB');
-    // Frames 0 … : L4, L3, the L2s, the L1s; the rest is free memory.
-    const l4 = 0;
-    const l3 = 1;
-    const l2s = Array.from({ length: nL2 }, (_, i) => 2 + i);
-    const l1s = Array.from({ length: nL1 }, (_, i) => 2 + nL2 + i);
-    const tables = [l4, l3, ...l2s, ...l1s];
-    const ref = (pfn: number) => (pv ? mfns[pfn] : pfn);
+    const pages = mfns.length;
+    const ref = (pfn: number) => (pv ? mfns[pfn - pfnBase] : pfn);
     const set = (tablePfn: number, i: number, framePfn: number, flags: number) => {
       const { lo, hi } = makePte(ref(framePfn), flags);
-      const w = mem.words(mfns[tablePfn]);
+      const w = port.words(mfns[tablePfn - pfnBase]);
       w[2 * i] = lo;
       w[2 * i + 1] = hi;
     };
-    const dm = vaParts(DIRECTMAP);
-    set(l4, dm.l4, l3, PTE.P | PTE.RW);
-    l2s.forEach((t, i) => set(l3, dm.l3 + i, t, PTE.P | PTE.RW));
-    l1s.forEach((t, i) => set(l2s[Math.floor(i / 512)], i % 512, t, PTE.P | PTE.RW));
-    const isTable = new Set(tables);
-    for (let pfn = 0; pfn < pages; pfn++) {
-      const ro = pv && isTable.has(pfn);
-      set(l1s[Math.floor(pfn / 512)], pfn % 512, pfn, PTE.P | (ro ? 0 : PTE.RW) | PTE.A | PTE.D);
+    // Tables come from the first frames, made as the direct map needs them.
+    let next = pfnBase;
+    const tables: number[] = [];
+    const table = () => {
+      const t = next++;
+      tables.push(t);
+      return t;
+    };
+    const l4 = table();
+    const below = new Map<string, number>();
+    const reserve = Math.ceil(pages / 512) + Math.ceil(pages / 512 / 512) + 4;
+    if (reserve >= pages) throw new Error(`${pages} pages are too few for the kernel's tables`);
+    const dmBase = vaParts(DIRECTMAP);
+    const links: Array<[number, number, number]> = [];
+    for (let pfn = pfnBase; pfn < pfnBase + pages; pfn++) {
+      const va = DIRECTMAP + pfn * 4096;
+      const parts = vaParts(va);
+      if (parts.l4 !== dmBase.l4) throw new Error('the model kernel maps at most 512 GiB');
+      let t = l4;
+      for (const [lvl, i] of [[4, parts.l4], [3, parts.l3], [2, parts.l2]] as const) {
+        const key = `${t}:${i}`;
+        let n = below.get(key);
+        if (n === undefined) {
+          if (next >= pfnBase + reserve) throw new Error('the boot table reserve is exhausted');
+          n = table();
+          below.set(key, n);
+          links.push([t, i, n]);
+        }
+        t = n;
+        void lvl;
+      }
+      links.push([t, parts.l1, -pfn - 1]); // a leaf, written below once every table is known
     }
-    const k = new GuestKernel(hv, mem, domid, mode, l4, Array.from({ length: pages - tables.length }, (_, i) => pages - 1 - i), tables);
+    const isTable = new Set(tables);
+    for (const [t, i, n] of links) {
+      if (n >= 0) set(t, i, n, PTE.P | PTE.RW);
+      else {
+        const pfn = -n - 1;
+        set(t, i, pfn, PTE.P | (pv && isTable.has(pfn) ? 0 : PTE.RW) | PTE.A | PTE.D);
+      }
+    }
+    const free = Array.from({ length: pfnBase + pages - next }, (_, i) => pfnBase + pages - 1 - i);
+    const k = new GuestKernel(port, domid, mode, mfns, pfnBase, l4, free, tables);
+    for (const [t, i, n] of links) if (n >= 0) k.links.set(t * 512 + i, n);
     const v = k.vcpu;
-    if (pv) {
-      const r = v.mmuextOp([{ cmd: MMUEXT.PIN_L4_TABLE, arg: mfns[l4] }, { cmd: MMUEXT.NEW_BASEPTR, arg: mfns[l4] }]);
-      if (r.rc < 0) throw new Error(`the hypervisor refused the boot tables: ${r.rc}`);
-    } else if (hv.newBaseptr(v, l4) < 0) throw new Error('no shadow for the boot tables');
+    const r = v.mmuextOp(pv ? [{ cmd: MMUEXT.PIN_L4_TABLE, arg: ref(l4) }, { cmd: MMUEXT.NEW_BASEPTR, arg: ref(l4) }] : [{ cmd: MMUEXT.NEW_BASEPTR, arg: l4 }]);
+    if (r.rc < 0) throw new Error(`the hypervisor refused the boot tables: ${r.rc}`);
     const install = v.setTrapTable([
       { vector: 14, dpl: 0, address: KERNEL_TEXT + 0x100, handler: (f) => k.pageFault(f) },
       { vector: 13, dpl: 0, address: KERNEL_TEXT + 0x200, handler: () => void k.gpFaults++ },
@@ -155,10 +189,10 @@ export class GuestKernel {
     return DIRECTMAP + pfn * 4096;
   }
 
-  /** The machine frame of `pfn` (the P2M the hypervisor keeps, readable by the guest). @throws Error for a pfn the domain does not have. */
+  /** The machine frame of `pfn` (the kernel's copy of the P2M, as a PV kernel keeps it). @throws Error for a pfn outside the kernel's memory. */
   mfn(pfn: number): number {
-    const m = this.mem.phys.mfnOf(this.domid, pfn);
-    if (m === undefined) throw new Error(`pfn ${pfn} is not populated`);
+    const m = this.mfns[pfn - this.pfnBase];
+    if (m === undefined) throw new Error(`pfn ${pfn} is not this kernel's`);
     return m;
   }
 

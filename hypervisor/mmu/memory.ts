@@ -8,6 +8,7 @@
  * model hosted in the hypervisor thread can share them with vCPUs in domain workers.
  * A frame given back is forgotten, never reused for another owner.
  */
+import { DOMID_XEN } from './abi.ts';
 import { PhysMap } from './pagetable.ts';
 
 /** A frame's views: 1024 u32 words (page-table entries as halves) and 4096 bytes. */
@@ -16,8 +17,31 @@ export interface ModelFrame {
   readonly bytes: Uint8Array;
 }
 
-/** The machine's frames, owners, P2M/M2P and grants. */
-export class ModelMemory {
+/**
+ * What the model's hypervisor needs of machine memory: frames by MFN, who owns them,
+ * who may map them, the P2M/M2P, and frames of its own for shadow tables.
+ * {@link ModelMemory} is one (in one thread); the hypervisor thread's frame table is
+ * another (hypervisor/mmu/host.ts).
+ */
+export interface MmuMemory {
+  /** P2M per domain and the machine-wide M2P. */
+  readonly phys: PhysMap;
+  /** The 1024 u32 words of `mfn`. @throws RangeError for a frame that does not exist. */
+  words(mfn: number): Uint32Array;
+  /** The 4096 bytes of `mfn`. @throws RangeError for a frame that does not exist. */
+  bytes(mfn: number): Uint8Array;
+  /** Whether `mfn` exists (allocated, not freed). */
+  exists(mfn: number): boolean;
+  /** Whether `domid` owns `mfn`. */
+  owns(domid: number, mfn: number): boolean;
+  /** Whether `domid` may map `mfn` (it owns it, or it was granted, writable or not). */
+  mayMap(domid: number, mfn: number, writable: boolean): boolean;
+  /** A new zeroed frame owned by the hypervisor (`DOMID_XEN`) for a shadow table of `domid`, which its vCPUs walk. @returns its MFN. */
+  allocShadow(domid: number): number;
+}
+
+/** The machine's frames, owners, P2M/M2P and grants, in one thread. */
+export class ModelMemory implements MmuMemory {
   readonly phys = new PhysMap();
   private readonly frames = new Map<number, ModelFrame>();
   private readonly owners = new Map<number, number>();
@@ -54,6 +78,11 @@ export class ModelMemory {
     this.frames.set(mfn, { words: new Uint32Array(buf), bytes: new Uint8Array(buf) });
     this.owners.set(mfn, owner);
     return mfn;
+  }
+
+  /** @see MmuMemory.allocShadow */
+  allocShadow(_domid: number): number {
+    return this.allocFrame(DOMID_XEN);
   }
 
   /** Gives frame `mfn` back: its buffer is dropped and its number never reused. */

@@ -34,8 +34,8 @@
  *   xen/include/public/xen.h
  */
 import { Accounting } from './accounting.ts';
-import { DOMID_XEN, ERRNO, HYPERCALL_NAMES, MMU, MMUEXT, UVMF, VECTOR } from './abi.ts';
-import type { ModelMemory } from './memory.ts';
+import { ERRNO, HYPERCALL_NAMES, MMU, MMUEXT, UVMF, VECTOR } from './abi.ts';
+import type { MmuMemory } from './memory.ts';
 import { PF, PTE, PTE_HI_NX, PT_ENTRIES, VA_LIMIT, isReserved, pteFrame, vaParts, type Access } from './pagetable.ts';
 
 /** How a domain's page tables are virtualised. */
@@ -90,6 +90,31 @@ export interface VcpuState {
   invlpgTlb(va: number): void;
 }
 
+/**
+ * What a vCPU needs of the hypervisor: the frames its walks read, and every entry.
+ * {@link MmuHypervisor} serves it in the same thread; {@link HostedMmu}
+ * (hypervisor/mmu/hosted.ts) through hypercalls to the hypervisor thread.
+ */
+export interface MmuPort {
+  /** The 1024 u32 words of `mfn` (a frame the vCPU's walk reaches). */
+  words(mfn: number): Uint32Array;
+  /** The 4096 bytes of `mfn`. */
+  bytes(mfn: number): Uint8Array;
+  addVcpu(v: VcpuState): void;
+  mmuUpdate(v: VcpuState, reqs: readonly MmuUpdateReq[]): BatchResult;
+  mmuextOp(v: VcpuState, ops: readonly MmuextOp[]): BatchResult;
+  updateVaMapping(v: VcpuState, va: number, lo: number, hi: number, flags: number): number;
+  multicall(v: VcpuState, calls: readonly MulticallEntry[]): number[];
+  /** A hypercall with no MMU work, counted (e.g. `xen_version`, `set_trap_table` after the guest side validated it). */
+  enterHypercall(v: VcpuState, nr: number): void;
+  privileged(v: VcpuState, insn: PrivilegedInsn, arg?: number): number;
+  trap(v: VcpuState, kind: 'gp' | 'syscall'): void;
+  pageFault(v: VcpuState, va: number, access: Access, errorCode: number, data?: Uint8Array): FaultOutcome;
+}
+
+/** The privileged instructions the model traps. */
+export type PrivilegedInsn = 'write_cr3' | 'invlpg' | 'cli' | 'sti' | 'hlt';
+
 /** What {@link MmuHypervisor.pageFault} decided. */
 export type FaultOutcome =
   /** The shadow was fixed: retry the access. */
@@ -126,17 +151,27 @@ export interface MmuHypervisorCounters {
 }
 
 /** The hypervisor side of the model. */
-export class MmuHypervisor {
+export class MmuHypervisor implements MmuPort {
   readonly counters: MmuHypervisorCounters = { shadowTables: 0, writeProtects: 0 };
   private readonly pages = new Map<number, PageInfo>();
   private readonly domains = new Map<number, ModelDomain>();
 
-  constructor(readonly mem: ModelMemory) {}
+  constructor(readonly mem: MmuMemory) {}
 
   /** Registers a domain and its paging mode. @throws Error if it exists. */
   addDomain(domid: number, paging: PagingMode): void {
     if (this.domains.has(domid)) throw new Error(`dom${domid} exists`);
     this.domains.set(domid, { domid, paging, vcpus: [], shadows: new Map(), shadowed: new Set(), rmap: new Map(), shadowOf: new Map() });
+  }
+
+  /** @see MmuPort.words */
+  words(mfn: number): Uint32Array {
+    return this.mem.words(mfn);
+  }
+
+  /** @see MmuPort.bytes */
+  bytes(mfn: number): Uint8Array {
+    return this.mem.bytes(mfn);
   }
 
   /** Registers a vCPU of a domain added with {@link addDomain}. @throws Error for an unknown domain. */
@@ -482,7 +517,7 @@ export class MmuHypervisor {
    * @returns 0, or a negative errno when the emulation refuses (the vCPU then raises #GP).
    * @see xen/arch/x86/pv/emul-priv-op.c
    */
-  privileged(v: VcpuState, insn: 'write_cr3' | 'invlpg' | 'cli' | 'sti' | 'hlt', arg = 0): number {
+  privileged(v: VcpuState, insn: PrivilegedInsn, arg = 0): number {
     v.acct.enter(`trap:${insn}`);
     v.acct.emulations++;
     if (insn === 'write_cr3') return this.newBaseptr(v, arg);
@@ -568,7 +603,7 @@ export class MmuHypervisor {
     const key = gmfn * 8 + level;
     const s = d.shadows.get(key);
     if (s !== undefined) return s;
-    const smfn = this.mem.allocFrame(DOMID_XEN);
+    const smfn = this.mem.allocShadow(d.domid);
     d.shadows.set(key, smfn);
     d.shadowOf.set(smfn, [gmfn, level]);
     this.counters.shadowTables++;

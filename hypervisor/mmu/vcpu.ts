@@ -22,7 +22,7 @@
  */
 import { Accounting } from './accounting.ts';
 import { ERRNO, HYPERCALL, VECTOR } from './abi.ts';
-import type { MmuHypervisor, MmuUpdateReq, MmuextOp, MulticallEntry, BatchResult, VcpuState } from './mmu-hypervisor.ts';
+import type { MmuPort, MmuUpdateReq, MmuextOp, MulticallEntry, BatchResult, PrivilegedInsn, VcpuState } from './mmu-hypervisor.ts';
 import { SoftTlb, VA_LIMIT, isReserved, type Access, type FrameWords } from './pagetable.ts';
 
 /** What a guest kernel's trap handler is given: the vector, error code and (for #PF) the faulting address. */
@@ -89,8 +89,8 @@ export class Vcpu implements VcpuState {
   private syscallCallback: Callback<SyscallHandler> | undefined;
   private readonly frames: FrameWords;
 
-  constructor(readonly hv: MmuHypervisor, readonly domid: number, readonly id = 0) {
-    this.frames = (mfn) => hv.mem.words(mfn);
+  constructor(readonly hv: MmuPort, readonly domid: number, readonly id = 0) {
+    this.frames = (mfn) => hv.words(mfn);
     hv.addVcpu(this);
   }
 
@@ -137,7 +137,7 @@ export class Vcpu implements VcpuState {
       const v = va + done;
       const n = Math.min(length - done, 4096 - (v % 4096));
       const pa = this.translate(v, write, data?.subarray(done, done + n));
-      if (pa >= 0) fn(this.hv.mem.bytes(Math.floor(pa / 4096)), pa % 4096, done, n);
+      if (pa >= 0) fn(this.hv.bytes(Math.floor(pa / 4096)), pa % 4096, done, n);
       done += n;
     }
   }
@@ -169,7 +169,7 @@ export class Vcpu implements VcpuState {
   load32(va: number): number {
     if (va % 4096 <= 4092) {
       const pa = this.translate(va, false);
-      const b = this.hv.mem.bytes(Math.floor(pa / 4096));
+      const b = this.hv.bytes(Math.floor(pa / 4096));
       const o = pa % 4096;
       return (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0;
     }
@@ -282,7 +282,7 @@ export class Vcpu implements VcpuState {
   // Privileged instructions: trapped and emulated from ring 1, #GP from ring 3.
 
   /** Runs a privileged instruction: from ring 1 it traps and is emulated; from ring 3 it is a #GP. @returns whether it ran. */
-  private privileged(insn: 'write_cr3' | 'invlpg' | 'cli' | 'sti' | 'hlt', arg = 0): boolean {
+  private privileged(insn: PrivilegedInsn, arg = 0): boolean {
     if (this.ring !== 1) {
       this.gp();
       return false;

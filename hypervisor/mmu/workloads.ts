@@ -65,28 +65,60 @@ export interface WorkloadResult {
 
 const SYS_GETCOUNT = 39;
 
-/**
- * Boots a fresh machine (memory, hypervisor, one domain) in `mode` and runs `workload`.
- * @throws Error when a mode misbehaves (a refused update, a value read back wrong).
- */
-export function runWorkload(mode: KernelMode, workload: WorkloadName, sizes: WorkloadSizes = DEFAULT_SIZES[workload], costs: CostModel = DEFAULT_COSTS): WorkloadResult {
+/** Frames a kernel needs for `workload` at `sizes` (user pages, their tables, the direct map's tables, slack). */
+export function framesFor(workload: WorkloadName, sizes: WorkloadSizes): number {
   const procs = sizes.procs ?? 8;
   const perProc = sizes.pages ?? 32;
   const userPages = workload === 'address-space' ? sizes.n : workload === 'process-switch' ? procs * perProc : 0;
   const frames = userPages + Math.ceil(userPages / 512) * 2 + (workload === 'process-switch' ? procs * 4 : 8) + 256;
+  return frames + Math.ceil(frames / 500) + 8;
+}
+
+/**
+ * The workloads' system-call handler: call 39 adds one to a counter in kernel memory
+ * (through the vCPU) and returns it; others return -ENOSYS. Bind it to its kernel
+ * with `attach` once the kernel is up.
+ */
+export function counterSyscall(): { handler: (nr: number) => number; attach(k: GuestKernel): void } {
+  let kref: GuestKernel | undefined;
+  let counterVa = 0;
+  return {
+    handler: (nr) => {
+      if (nr !== SYS_GETCOUNT || !kref) return -38;
+      const c = kref.vcpu.load32(counterVa) + 1;
+      kref.vcpu.store32(counterVa, c);
+      return c;
+    },
+    attach: (k) => {
+      kref = k;
+      counterVa = k.kva(k.allocPage());
+    },
+  };
+}
+
+/**
+ * Boots a fresh machine in one thread (memory, the model's hypervisor, one domain)
+ * in `mode` and runs `workload` ({@link runOn}).
+ * @throws Error when a mode misbehaves (a refused update, a value read back wrong).
+ */
+export function runWorkload(mode: KernelMode, workload: WorkloadName, sizes: WorkloadSizes = DEFAULT_SIZES[workload], costs: CostModel = DEFAULT_COSTS): WorkloadResult {
   const mem = new ModelMemory();
   const hv = new MmuHypervisor(mem);
-  let counterVa = 0;
-  let kref: GuestKernel | undefined;
-  const k = GuestKernel.boot(hv, mem, 1, mode, frames + Math.ceil(frames / 500) + 8, (nr) => {
-    if (nr !== SYS_GETCOUNT) return -38;
-    const v = kref!.vcpu;
-    const c = v.load32(counterVa) + 1;
-    v.store32(counterVa, c);
-    return c;
-  });
-  kref = k;
-  counterVa = k.kva(k.allocPage());
+  const sys = counterSyscall();
+  const k = GuestKernel.boot(hv, mem, 1, mode, framesFor(workload, sizes), sys.handler);
+  sys.attach(k);
+  return runOn(k, workload, sizes, costs);
+}
+
+/**
+ * Runs `workload` on a booted kernel whose system calls are {@link counterSyscall}'s
+ * (attached): counts from the start of the workload's timed phase to its end.
+ * @throws Error when the kernel misbehaves (a refused update, a value read back wrong).
+ */
+export function runOn(k: GuestKernel, workload: WorkloadName, sizes: WorkloadSizes = DEFAULT_SIZES[workload], costs: CostModel = DEFAULT_COSTS): WorkloadResult {
+  const mode = k.mode;
+  const procs = sizes.procs ?? 8;
+  const perProc = sizes.pages ?? 32;
   const v = k.vcpu;
   const hash = createHash('sha256');
   let t0 = 0;
