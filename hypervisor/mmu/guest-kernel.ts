@@ -35,8 +35,13 @@ export const KERNEL_MODES: readonly KernelMode[] = ['pv-batched', 'pv-single', '
 export const DIRECTMAP = 0x8800_0000_0000;
 /** Where user mappings start. */
 export const USER_BASE = 0x40_0000;
-/** PTE updates per batch in pv-batched mode (one L1 table's worth). */
-export const BATCH = 512;
+/**
+ * Updates per batch in pv-batched mode: 32, as Linux batches them — its per-CPU
+ * multicall buffer holds `MC_BATCH` = 32 calls and `MC_ARGS` = 32 × 16 bytes of
+ * arguments, so at most 32 `mmu_update` requests go in one hypercall.
+ * @see linux/arch/x86/xen/multicalls.c
+ */
+export const BATCH = 32;
 /** The kernel's code: handler addresses point here (a direct-map address). */
 const KERNEL_TEXT = DIRECTMAP;
 

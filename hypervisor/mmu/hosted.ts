@@ -47,7 +47,7 @@ export class HostedMmu implements MmuPort {
   /**
    * @param argBuffer frames of this domain (an extent, e.g. 16 pages) where calls put
    *   their arguments, which the hypervisor copies from, as Xen copies from guest
-   *   memory: a batch of 512 updates does not fit the hypercall page.
+   *   memory: a multicall with its arguments may not fit the hypercall page.
    */
   constructor(private readonly hc: HypercallChannel, private readonly argBuffer: { readonly mfn: number; readonly bytes: Uint8Array }) {
     this.page = hc.page;
