@@ -30,11 +30,11 @@
  * {@link MAX_BATCH} requests per ring per pass, so one busy frontend cannot starve
  * the others; between passes the event loop turns. Once a guest's scheduling weight
  * is not the default, the round-robin is between guests and weighted
- * (blkback/weighted-scheduler.ts).
+ * (rings/weighted-scheduler.ts).
  *
  * @see io/blkif.h, Linux drivers/block/xen-blkback/blkback.c
  */
-import { WeightedRingScheduler } from './weighted-scheduler.ts';
+import { WeightedRingScheduler } from '../rings/weighted-scheduler.ts';
 import { InvariantError } from '../rings/errors.ts';
 import { BackRing } from '../rings/ring.ts';
 import {
@@ -369,7 +369,7 @@ export class BlkbackRing {
 
   /**
    * Serves up to `budget` requests (1 to {@link MAX_BATCH}; the scheduler's share for
-   * this pass, see blkback/weighted-scheduler.ts).
+   * this pass, see rings/weighted-scheduler.ts).
    * @returns true when more requests are waiting (schedule another pass).
    */
   serve(budget: number = MAX_BATCH): boolean {

@@ -13,7 +13,7 @@
  * - `blkback.stats` {keys} → a {@link BlkbackQueueStats} or null per key;
  * - `blkback.resize` {key, sizeBytes} → the store's new size in bytes;
  * - `blkback.setWeight` {domid, weight} → true: serve that guest's queues with its
- *   scheduling weight (null: forget it; blkback/weighted-scheduler.ts).
+ *   scheduling weight (null: forget it; rings/weighted-scheduler.ts).
  *
  * @see Linux drivers/block/xen-blkback/xenbus.c (one xen_blkif_schedule thread per ring)
  */

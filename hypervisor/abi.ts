@@ -137,8 +137,8 @@ export const XEN_DOMCTL = Object.freeze({ scheduler_op: 16 } as const);
 export const XEN_SCHEDULER = Object.freeze({ credit: 5 } as const);
 /** `XEN_DOMCTL_SCHEDOP_*`: set or get a domain's parameters. @see domctl.h */
 export const XEN_DOMCTL_SCHEDOP = Object.freeze({ putinfo: 0, getinfo: 1 } as const);
-/** The credit scheduler's default weight (`CSCHED_DEFAULT_WEIGHT`). @see xen/common/sched/credit.c */
-export const CSCHED_DEFAULT_WEIGHT = 256;
+/** The credit scheduler's default weight (`CSCHED_DEFAULT_WEIGHT`), defined with the backends' weighted scheduler. @see xen/common/sched/credit.c */
+export { CSCHED_DEFAULT_WEIGHT } from '../rings/weighted-scheduler.ts';
 /**
  * `struct xen_domctl_sched_credit { uint16_t weight; uint16_t cap; }`: `weight` 1..65535
  * (a domain's share relative to the others'), `cap` in percent of one CPU (0 = none,

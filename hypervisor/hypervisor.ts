@@ -664,7 +664,7 @@ export class Hypervisor {
    * credit-scheduler weight (1..65535; 0 leaves it) and cap (percent of one CPU, 0 =
    * none, at most 100 × its vCPUs; 0xffff leaves it); `getinfo` writes them into
    * `op.u.credit`. They apply to its hypercalls at once, and — told by the toolstack —
-   * to dom0's backends (blkback/weighted-scheduler.ts).
+   * to dom0's backends, blkback and netback (rings/weighted-scheduler.ts).
    * @returns 0; -ESRCH when there is no such live domain; -EINVAL for another
    *   `sched_id` than credit's, an unknown `cmd`, or a weight or cap out of range.
    * @see xen/include/public/domctl.h, xen/common/sched/core.c (sched_adjust)

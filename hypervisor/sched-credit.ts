@@ -6,7 +6,7 @@
  * In Xen they share physical CPUs between vCPUs. pvio's vCPUs are worker threads that
  * the host's kernel schedules, so pvio applies them where it does the scheduling: to
  * the hypervisor's own work (serving hypercalls, below) and to dom0's backends'
- * round-robin between guests (blkback/weighted-scheduler.ts).
+ * round-robin between guests (blkback's and netback's: rings/weighted-scheduler.ts).
  *
  * The service loop scans every vCPU's hypercall page once per pass. While every
  * domain has Xen's defaults (weight {@link CSCHED_DEFAULT_WEIGHT}, no cap) it serves

@@ -22,9 +22,22 @@
  * A protocol error (an impossible producer index, more than 20 slots, a broken extra
  * chain, a packet published in part) disables the queue; the domain and the other vifs go on.
  *
+ * Scheduling. {@link NetbackScheduler} serves every vif queue of dom0 in passes
+ * ({@link NetbackQueue.serve}), round-robin, the event loop turning between rounds.
+ * While every guest has the default scheduling weight a pass is at most
+ * {@link TX_BATCH} packets from the guest, then every queued frame its rx buffers
+ * take. Once a guest's weight is not the default, rounds are weighted between guests
+ * (rings/weighted-scheduler.ts) and a pass is bounded by the share it is given: the
+ * unit is a packet — a tx packet taken off the tx ring (however many slots; answered
+ * OKAY or ERROR) or a queued frame written into the rx buffers — so a guest of weight
+ * 512 sending flat out gets about twice the packets forwarded of one of weight 256.
+ * Frames written into a guest's rx buffers as they arrive ({@link NetbackQueue.enqueueRx})
+ * are the sending guest's pass's work, and are not counted for the receiver.
+ *
  * @see xen/include/public/io/netif.h, Linux drivers/net/xen-netback/netback.c
  */
 import { BackRing } from '../rings/ring.ts';
+import { WeightedRingScheduler } from '../rings/weighted-scheduler.ts';
 import { ProtocolError } from '../rings/errors.ts';
 import {
   NETIF_EXTRA_INFO, NETIF_EXTRA_INFO_GSO, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
@@ -46,8 +59,8 @@ const GSO = NETIF_EXTRA_INFO_GSO.fields;
 const ETH_HLEN = 14;
 /** More follow-on slots than this and the frontend is deemed malicious (Linux's `fatal_skb_slots` default). */
 export const FATAL_SKB_SLOTS = 20;
-/** Packets taken from the tx ring per pass. */
-const TX_BATCH = 64;
+/** Packets taken from the tx ring per pass (Linux's NAPI weight); the most a weighted serve takes. */
+export const TX_BATCH = 64;
 /**
  * The rx queue (frames waiting for rx buffers): a frame is dropped (counted) when
  * the queue already holds {@link RX_QUEUE_BYTES} bytes and at least
@@ -114,6 +127,13 @@ export interface NetbackQueueOptions {
 
 /** Counters of one queue (bytes of frames, Ethernet header included). */
 export interface NetbackCounters {
+  /**
+   * Packets served by passes — tx packets taken off the tx ring (good or answered
+   * with an error) plus queued rx frames written into the guest's buffers: the unit
+   * {@link NetbackScheduler} weighs guests by (frames written on arrival by
+   * {@link NetbackQueue.enqueueRx} are not counted).
+   */
+  requests: number;
   txPackets: number;
   txBytes: number;
   txSlots: number;
@@ -177,7 +197,7 @@ interface RxPending {
 /** One netback queue. */
 export class NetbackQueue {
   readonly counters: NetbackCounters = {
-    txPackets: 0, txBytes: 0, txSlots: 0, slotCopies: 0, txErrors: 0, txCreditStalls: 0, rxPackets: 0, rxBytes: 0, rxSlots: 0,
+    requests: 0, txPackets: 0, txBytes: 0, txSlots: 0, slotCopies: 0, txErrors: 0, txCreditStalls: 0, rxPackets: 0, rxBytes: 0, rxSlots: 0,
     rxDropped: 0, grantCopies: 0, copyHypercalls: 0, grantMaps: 0, persistentHits: 0, notificationsTx: 0,
     notificationsRx: 0, passes: 0,
   };
@@ -215,6 +235,9 @@ export class NetbackQueue {
   private credit: number;
   private creditTimer: NodeJS.Timeout | null = null;
   private dead = false;
+  /** Tx packets taken and rx frames written by the current pass (set by serveTx/serveRx). */
+  private passTx = 0;
+  private passRx = 0;
 
   constructor(
     private readonly o: NetbackQueueOptions,
@@ -227,6 +250,11 @@ export class NetbackQueue {
     this.txBounce = o.persistent ? null : memory.allocExtent(BOUNCE_ORDER);
     this.rxBounce = o.persistent ? null : memory.allocExtent(BOUNCE_ORDER);
     this.credit = o.rate ? Math.max(o.rate.bytesPerInterval, 128 * 1024) : Infinity; // Linux: burst ≥ 128 KiB
+  }
+
+  /** The frontend's domain (whose scheduling weight the queue is served with). */
+  get frontDomid(): number {
+    return this.o.frontDomid;
   }
 
   /** Whether a protocol error disabled this queue. */
@@ -276,13 +304,30 @@ export class NetbackQueue {
     this.o.kick();
   }
 
-  /** One pass: up to {@link TX_BATCH} packets from the guest, then queued frames to it. @returns true when work is left. */
-  serve(): boolean {
+  /**
+   * One pass. With no `budget` (Infinity: plain rounds), up to {@link TX_BATCH}
+   * packets from the guest, then every queued frame to it that its posted rx buffers
+   * take. With a finite `budget` (weighted rounds, see rings/weighted-scheduler.ts),
+   * at most `max(1, ⌊budget⌋)` packets in all, counted in `counters.requests`: while
+   * frames wait for the guest and it has rx buffers posted, up to half the budget is
+   * kept for them; the packets from the guest take the rest (at most
+   * {@link TX_BATCH}), then the frames to it what the tx side left.
+   * @returns true when work is left (serve again).
+   */
+  serve(budget: number = Infinity): boolean {
     if (this.dead) return false;
     this.counters.passes++;
     try {
-      const moreTx = this.serveTx();
-      const moreRx = this.serveRx();
+      let txMax = TX_BATCH;
+      let max = Infinity;
+      if (budget !== Infinity) {
+        max = budget >= 1 ? Math.floor(budget) : 1;
+        const keep = this.rxQueue.length > 0 && this.rx.unconsumedRequests() > 0 ? Math.min(this.rxQueue.length, max >> 1) : 0;
+        txMax = Math.min(TX_BATCH, max - keep);
+      }
+      const moreTx = this.serveTx(txMax);
+      const moreRx = this.serveRx(max - this.passTx);
+      this.counters.requests += this.passTx + this.passRx;
       return moreTx || moreRx;
     } catch (e) {
       this.disable(e instanceof Error ? e : new Error(String(e)));
@@ -302,13 +347,15 @@ export class NetbackQueue {
 
   // ---- TX ----------------------------------------------------------------------
 
-  private serveTx(): boolean {
+  /** Takes up to `max` (≤ {@link TX_BATCH}) packets from the tx ring. @returns true when more are waiting. */
+  private serveTx(max: number): boolean {
     const ring = this.tx;
     let done = 0;
     let stalled = false;
+    this.passTx = 0;
     try {
       let avail = ring.unconsumedRequests();
-      while (done < TX_BATCH && avail > 0) {
+      while (done < max && avail > 0) {
         const n = this.gather(avail); // a packet published in part is a protocol error
         if (this.slotDv[0].getUint16(TX.size.offset, true) > this.credit) {
           this.stallOnCredit();
@@ -322,6 +369,7 @@ export class NetbackQueue {
         avail -= n;
         if (avail === 0) avail = ring.unconsumedRequests();
       }
+      this.passTx = done;
     } finally {
       // The packets taken are answered and handed on even when a later one was fatal or
       // over the credit (Linux's xenvif_tx_action submits the packets built before it).
@@ -332,7 +380,7 @@ export class NetbackQueue {
       }
     }
     if (stalled) return false;
-    return done === TX_BATCH ? true : ring.finalCheckForRequests();
+    return done === max ? true : ring.finalCheckForRequests();
   }
 
   /**
@@ -573,10 +621,11 @@ export class NetbackQueue {
 
   // ---- RX ----------------------------------------------------------------------
 
-  private serveRx(): boolean {
+  /** Writes up to `max` queued frames into the posted rx buffers and pushes the responses. @returns true when more can go now. */
+  private serveRx(max: number): boolean {
     const ring = this.rx;
     let sent = 0;
-    while (this.rxQueue.length > 0) {
+    while (this.rxQueue.length > 0 && sent < max) {
       const { frame, csumBlank, chunk } = this.rxQueue[0];
       const need = Math.max(1, Math.ceil(frame.length / PAGE_SIZE));
       if (ring.unconsumedRequests() < need) break; // wait for the frontend's buffers
@@ -587,6 +636,7 @@ export class NetbackQueue {
       this.frags.release(chunk); // written into the guest's buffers (or the bounce): its bytes may be reused
       sent++;
     }
+    this.passRx = sent;
     this.flushRx();
     const push = sent > 0 || this.rxUnpushed;
     this.rxUnpushed = false;
@@ -751,5 +801,19 @@ export class NetbackQueue {
     this.mappedTx.clear();
     this.mappedRx.clear();
     if (handles.length > 0) this.gnttab.unmap(handles);
+  }
+}
+
+/**
+ * Serves every netback queue of dom0: round-robin, a pass of at most
+ * {@link TX_BATCH} packets from the guest (then its queued rx frames) per queue per
+ * round while every guest has the default weight; weighted between guests by their
+ * scheduling weights once one does not, a packet (tx or queued rx) being the unit
+ * (see the module comment and {@link WeightedRingScheduler}). Set a guest's weight
+ * with `setWeight(domid, weight)`, forget it with `forgetDomain(domid)`.
+ */
+export class NetbackScheduler extends WeightedRingScheduler<NetbackQueue> {
+  constructor() {
+    super({ maxBatch: TX_BATCH, plainBudget: Infinity });
   }
 }

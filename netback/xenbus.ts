@@ -30,8 +30,7 @@ import { GNTST, PAGE_SIZE, type EvtchnPort, type GrantHandle, type GrantRef } fr
 import type { Kernel } from '../hypervisor/kernel.ts';
 import { XenbusState, switchState, readState, readUintKey } from '../xenstore/xenbus.ts';
 import type { Unwatch } from '../xenstore/client.ts';
-import type { RingScheduler } from '../rings/scheduler.ts';
-import { NetbackQueue, type NetbackCounters, type NetbackRate } from './netback.ts';
+import { NetbackQueue, type NetbackCounters, type NetbackRate, type NetbackScheduler } from './netback.ts';
 import type { Bridge, BridgePort } from './bridge.ts';
 
 /** Most queues a vif offers (Linux: min(8, online CPUs)). */
@@ -91,7 +90,7 @@ export class NetbackDevice implements BridgePort {
   /** What the current connection negotiated (for reports). */
   negotiated: { queues: number; persistent: boolean; split: boolean; sg: boolean; csumOffload: boolean } | null = null;
 
-  constructor(private readonly k: Kernel, private readonly sched: RingScheduler<NetbackQueue>, readonly opts: NetbackDeviceOptions) {
+  constructor(private readonly k: Kernel, private readonly sched: NetbackScheduler, readonly opts: NetbackDeviceOptions) {
     this.backendDir = `/local/domain/${k.domid}/backend/vif/${opts.frontDomid}/${opts.devid}`;
     this.frontendDir = `/local/domain/${opts.frontDomid}/device/vif/${opts.devid}`;
     this.name = `vif${opts.frontDomid}.${opts.devid}`;

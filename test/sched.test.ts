@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CSCHED_DEFAULT_WEIGHT, XEN_ERRNO } from '../hypervisor/abi.ts';
 import { CreditScheduler, SCHED_CAP_PERIOD_MS, SCHED_CAP_UNCHANGED, SCHED_WEIGHT_UNCHANGED } from '../hypervisor/sched-credit.ts';
-import { WeightedRingScheduler, type WeightedServable } from '../blkback/weighted-scheduler.ts';
+import { WeightedRingScheduler, type WeightedServable } from '../rings/weighted-scheduler.ts';
 import { DomctlError, Machine, type GuestHandle } from '../toolstack/machine.ts';
 import { ControlServer } from '../toolstack/control.ts';
 import { machineHandlers } from '../toolstack/control-ops.ts';

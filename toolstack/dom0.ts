@@ -18,10 +18,9 @@ import { BlkbackScheduler } from '../blkback/blkback.ts';
 import { BlkbackDevice } from '../blkback/xenbus.ts';
 import { openStore } from '../blkback/open-store.ts';
 import { serveBlkbackQueues, storeIsShareable } from '../blkback/vcpu-queues.ts';
-import { RingScheduler } from '../rings/scheduler.ts';
 import { Bridge, type BridgePort, type BridgePortModule } from '../netback/bridge.ts';
 import { NetbackDevice } from '../netback/xenbus.ts';
-import type { NetbackQueue, NetbackRate } from '../netback/netback.ts';
+import { NetbackScheduler, type NetbackRate } from '../netback/netback.ts';
 import { PcapWriter } from '../netback/pcap.ts';
 import type { StoreSpec } from '../blkback/storage.ts';
 import type { BlkbackFeatures } from '../blkback/features.ts';
@@ -53,8 +52,8 @@ export type Dom0Request =
   | { type: 'consoleInput'; reqId: number; domid: number; data: string }
   /**
    * A guest's credit-scheduler parameters changed (`Machine.setSchedParams`): blkback
-   * serves its rings with `weight` from now on, on every vCPU of dom0 (the cap is the
-   * hypervisor's business; blkback/weighted-scheduler.ts).
+   * (on every vCPU of dom0) and netback serve its rings with `weight` from now on (the
+   * cap is the hypervisor's business; rings/weighted-scheduler.ts).
    */
   | { type: 'schedParams'; reqId: number; domid: number; weight: number; cap: number }
   | { type: 'shutdown'; reqId: number };
@@ -104,7 +103,7 @@ export default async function dom0(k: Kernel): Promise<unknown> {
   const xs = k.xenbus;
   const xenstored = k.xenstored!;
   const sched = new BlkbackScheduler();
-  const netSched = new RingScheduler<NetbackQueue>();
+  const netSched = new NetbackScheduler();
   /** Bridges by name, created on first use. */
   const bridges = new Map<string, Bridge>();
   let capture: PcapWriter | null = null;
@@ -196,12 +195,17 @@ export default async function dom0(k: Kernel): Promise<unknown> {
     },
   });
   /**
-   * Serves guest `domid`'s rings with `weight` on every vCPU of dom0 (null: forgets
-   * the guest). @throws RangeError for a weight that is not 1..65535.
+   * Serves guest `domid`'s rings — its disks' on every vCPU of dom0, its vifs' — with
+   * `weight` (null: forgets the guest). @throws RangeError for a weight that is not 1..65535.
    */
-  async function setBlkbackWeight(domid: number, weight: number | null): Promise<void> {
-    if (weight === null) sched.forgetDomain(domid);
-    else sched.setWeight(domid, weight);
+  async function setBackendWeight(domid: number, weight: number | null): Promise<void> {
+    if (weight === null) {
+      sched.forgetDomain(domid);
+      netSched.forgetDomain(domid);
+    } else {
+      sched.setWeight(domid, weight);
+      netSched.setWeight(domid, weight);
+    }
     const others = Array.from({ length: k.nrVcpus - 1 }, (_, i) => i + 1);
     await Promise.all(others.map((v) => k.callVcpu(v, 'blkback.setWeight', { domid, weight })));
   }
@@ -493,6 +497,8 @@ export default async function dom0(k: Kernel): Promise<unknown> {
       guests: [...guests.values()].map((g) => ({ domid: g.domid, name: g.name })), kernel: k.snapshot(),
       // vCPU 0's blkback scheduler: rounds, weighted rounds, whether weights apply now.
       blkbackSched: { ...sched.counters, weighted: sched.isWeighted() },
+      // netback's scheduler (vCPU 0 serves every vif queue): the same.
+      netbackSched: { ...netSched.counters, weighted: netSched.isWeighted() },
     };
   }
 
@@ -520,10 +526,10 @@ export default async function dom0(k: Kernel): Promise<unknown> {
             const g = guests.get(req.domid);
             if (xenstored.isIntroduced(req.domid)) xenstored.release(req.domid); // fires @releaseDomain
             if (g) await teardownGuest(g);
-            void setBlkbackWeight(req.domid, null).catch(() => undefined);
+            void setBackendWeight(req.domid, null).catch(() => undefined);
             break;
           }
-          case 'schedParams': await setBlkbackWeight(req.domid, req.weight); break;
+          case 'schedParams': await setBackendWeight(req.domid, req.weight); break;
           case 'stats': value = await stats(); break;
           case 'addVif': await addVif(req.domid, req.vif); break;
           case 'addBridgePort': value = await addBridgePort(req.bridge, req.module, req.args); break;

@@ -617,9 +617,9 @@ export class Machine {
    * Sets a domain's credit-scheduler parameters (`xl sched-credit -d D -w W -c C`;
    * `XEN_DOMCTL_SCHEDOP_putinfo`); what `p` leaves out stays as it is. The weight
    * applies to the hypervisor's service of its hypercalls when other domains' calls
-   * are pending too, and to dom0's blkback between guests' rings (dom0 is told here);
-   * the cap to the hypervisor's time serving its hypercalls (hypervisor/sched-credit.ts,
-   * blkback/weighted-scheduler.ts).
+   * are pending too, and to dom0's blkback and netback between guests' rings (dom0 is
+   * told here); the cap to the hypervisor's time serving its hypercalls
+   * (hypervisor/sched-credit.ts, rings/weighted-scheduler.ts).
    * @returns the parameters now in force.
    * @throws DomctlError: EINVAL (nothing changed) when `weight` is not an integer 1..65535
    *   or `cap` not an integer 0..100 × the domain's vCPUs; ESRCH when there is no such

@@ -1,53 +1,71 @@
 /**
- * Serving backend rings of several guests with the guests' scheduling weights.
+ * Serving backend rings of several guests with the guests' scheduling weights —
+ * blkback's rings (blkback/blkback.ts, `BlkbackScheduler`) and netback's vif queues
+ * (netback/netback.ts, `NetbackScheduler`).
  *
- * Xen's blkback has no weights: each ring has a kthread, and dom0's vCPU scheduler
- * shares dom0 between them. pvio's dom0 serves all its rings on one event loop per
- * vCPU, so it applies the scheduler's weights itself — this is pvio's model of "the
- * backends' round-robin applied with the credit scheduler's weights": the weight
- * that `XEN_DOMCTL_scheduler_op` sets for a guest (`xl sched-credit -w`,
- * `Machine.setSchedParams`) is also the share of dom0's request service its rings
- * get when several guests have requests waiting.
+ * Xen's backends have no weights: Linux's blkback has a kthread per ring and
+ * netback a NAPI instance and a kthread per queue, and dom0's vCPU scheduler shares
+ * dom0 between them. pvio's dom0 serves all its rings on one event loop per vCPU, so
+ * it applies the scheduler's weights itself — this is pvio's model of "the backends'
+ * round-robin applied with the credit scheduler's weights": the weight that
+ * `XEN_DOMCTL_scheduler_op` sets for a guest (`xl sched-credit -w`,
+ * `Machine.setSchedParams`) is also the share of dom0's service its rings get when
+ * several guests have work waiting.
  *
  * How. While every guest has the default weight ({@link CSCHED_DEFAULT_WEIGHT}),
- * service is the plain round-robin of `rings/scheduler.ts`: each ring with work gets
- * at most {@link WeightedRingSchedulerOptions.maxBatch} requests per round, then the
- * event loop turns. Once one guest's weight differs, rounds are deficit round-robin
- * (Shreedhar & Varghese) over guests instead of rings:
+ * service is a plain round-robin over rings: each ring with work gets one serve of
+ * {@link WeightedRingSchedulerOptions.plainBudget} units per round (by default
+ * {@link WeightedRingSchedulerOptions.maxBatch}), then the event loop turns. Once one
+ * guest's weight differs, rounds are deficit round-robin (Shreedhar & Varghese) over
+ * guests instead of rings:
  * - a round's top quantum `Q` is `maxBatch` × the most rings any waiting guest has
  *   queued (so a lone guest, or the heaviest one, is served as much per round as the
  *   plain round-robin would);
  * - each waiting guest's deficit grows by `Q × weight / (largest waiting weight)`
  *   (at most to `Q`), and its queued rings are served in turn, each serve taking at
- *   most `min(maxBatch, deficit)` requests, the requests taken being subtracted;
+ *   most `min(maxBatch, deficit)` units, the units taken being subtracted;
  * - a guest left with no ring waiting drops its deficit (nothing is banked while idle).
- * The unit of service is one request taken off a ring, whatever its size. Over a
- * window in which both guests keep requests waiting, a guest of weight 512 is thus
- * served about twice the requests of one of weight 256. Service stays work-conserving:
- * a guest alone with requests waiting gets every round. The credit scheduler's `cap`
- * is not applied here (it caps hypervisor service time, see hypervisor/sched-credit.ts).
+ * The unit of service is the backend's: for blkback one request taken off a ring,
+ * whatever its size; for netback one packet, a tx packet taken off the guest's tx ring
+ * or a queued frame written into its rx buffers, whatever its size. Over a window in
+ * which both guests keep work waiting, a guest of weight 512 is thus served about
+ * twice the units of one of weight 256. Service stays work-conserving: a guest alone
+ * with work waiting gets every round. The credit scheduler's `cap` is not applied
+ * here (it caps hypervisor service time, see hypervisor/sched-credit.ts).
  *
- * @see xen/common/sched/credit.c (weights), Linux drivers/block/xen-blkback (one kthread per ring)
+ * @see xen/common/sched/credit.c (weights), Linux drivers/block/xen-blkback (one kthread
+ *   per ring), drivers/net/xen-netback/interface.c (NAPI and a kthread per queue)
  */
-import { CSCHED_DEFAULT_WEIGHT } from '../hypervisor/abi.ts';
+/** The credit scheduler's default weight (`CSCHED_DEFAULT_WEIGHT`); hypervisor/abi.ts re-exports it. @see xen/common/sched/credit.c */
+export const CSCHED_DEFAULT_WEIGHT = 256;
 
 /** A ring served in bounded passes, with the domain whose weight it is served with. */
 export interface WeightedServable {
   /** The frontend's domain. */
   readonly frontDomid: number;
-  /** Requests taken off the ring so far (a running count; the unit of service). */
+  /**
+   * Units of service taken so far (a running count: blkback's requests, netback's
+   * packets), which weighted rounds subtract from the guest's deficit.
+   */
   readonly counters: { readonly requests: number };
   /**
-   * Serves at most `budget` requests (≥ 1).
-   * @returns true when more requests are waiting (serve again).
+   * Serves at most `budget` units (≥ 1; in plain rounds
+   * {@link WeightedRingSchedulerOptions.plainBudget}, which may be Infinity).
+   * @returns true when more work is waiting (serve again).
    */
   serve(budget: number): boolean;
 }
 
 /** Options of {@link WeightedRingScheduler}. */
 export interface WeightedRingSchedulerOptions {
-  /** Most requests taken from one ring in one serve (blkback's `MAX_BATCH`). */
+  /** Most units taken from one ring in one serve of a weighted round (blkback's `MAX_BATCH`, netback's `TX_BATCH`). */
   readonly maxBatch: number;
+  /**
+   * The budget of each serve in plain rounds (all weights default); default
+   * {@link maxBatch}. netback passes Infinity: its pass then is the one it makes
+   * without weights (its own tx batch, every queued frame the rx buffers take).
+   */
+  readonly plainBudget?: number;
 }
 
 /** A guest's queue in weighted rounds. */
@@ -55,7 +73,7 @@ interface DomQueue<T> {
   readonly domid: number;
   /** Its rings with work, in turn order. */
   readonly rings: T[];
-  /** Requests it may still take (deficit round-robin). */
+  /** Units it may still take (deficit round-robin). */
   deficit: number;
   /** Whether it is in the active list. */
   active: boolean;
@@ -80,8 +98,12 @@ export class WeightedRingScheduler<T extends WeightedServable> {
   /** Counters: rounds run, and weighted rounds among them. */
   readonly counters = { rounds: 0, weightedRounds: 0 };
   private readonly runBound = (): void => this.run();
+  /** The budget of a serve in plain rounds. */
+  private readonly plainBudget: number;
 
-  constructor(private readonly opts: WeightedRingSchedulerOptions) {}
+  constructor(private readonly opts: WeightedRingSchedulerOptions) {
+    this.plainBudget = opts.plainBudget ?? opts.maxBatch;
+  }
 
   /**
    * Sets the weight guest `domid`'s rings are served with (1..65535, the credit
@@ -176,7 +198,7 @@ export class WeightedRingScheduler<T extends WeightedServable> {
     for (let i = 0; i < n; i++) {
       const r = this.queue.shift()!;
       this.queued.delete(r);
-      if (r.serve(this.opts.maxBatch)) {
+      if (r.serve(this.plainBudget)) {
         this.queued.add(r);
         this.queue.push(r);
       }
