@@ -70,3 +70,30 @@ export function captureDom0Console(lines: string[]): () => void {
     process.stdout.write = write;
   };
 }
+
+/**
+ * The weight steps both backend share tests take, each followed by one `window()`
+ * measuring what dom0 served guests `a` and `b` ([a's, b's]): a at 512 (a gets 1.5–2.7×
+ * b's), then b at 512 too (within 1.3× on the weighted path), then a back at 256 (b gets
+ * 1.5–2.7×). `minServed`: the least a guest must get in the first weighted window.
+ * @returns the three windows.
+ */
+export async function checkWeightedShares(m: Machine, a: number, b: number, window: () => Promise<[number, number]>, minServed: number):
+  Promise<{ heavyA: [number, number]; both: [number, number]; heavyB: [number, number] }> {
+  const { expect } = await import('vitest');
+  const ratio = ([x, y]: [number, number]) => x / Math.max(1, y);
+  await m.setSchedParams(a, { weight: 512 });
+  const heavyA = await window();
+  expect(Math.min(...heavyA), `served ${heavyA}`).toBeGreaterThan(minServed);
+  expect(ratio(heavyA), `512:256: served ${heavyA}`).toBeGreaterThan(1.5);
+  expect(ratio(heavyA), `512:256: served ${heavyA}`).toBeLessThan(2.7);
+  await m.setSchedParams(b, { weight: 512 }); // equal again, on the weighted path
+  const both = await window();
+  expect(ratio(both), `512:512: served ${both}`).toBeGreaterThan(1 / 1.3);
+  expect(ratio(both), `512:512: served ${both}`).toBeLessThan(1.3);
+  await m.setSchedParams(a, { weight: 256 });
+  const heavyB = await window();
+  expect(1 / ratio(heavyB), `256:512: served ${heavyB}`).toBeGreaterThan(1.5);
+  expect(1 / ratio(heavyB), `256:512: served ${heavyB}`).toBeLessThan(2.7);
+  return { heavyA, both, heavyB };
+}
