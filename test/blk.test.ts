@@ -59,7 +59,7 @@ describe('blkfront/blkback', () => {
 
   it('tolerates a frontend that reaches Initialised before the backend reaches InitWait', async () => {
     const img = image('early.img', 512 * 1024);
-    const g = await rpcGuest(m, 'early', { disks: [disk(img.path, 'xvda', true)], initWaitDelayMs: 400 });
+    const g = await rpcGuest(m, 'early', { disks: [disk(img.path, 'xvda', true)], initWaitDelayMs: 1500 }); // longer than a loaded VM takes to start the guest's worker
     const info = (await g.call('diskInfo', { name: 'xvda' })) as { backendStateAtInitialised: number };
     expect(info.backendStateAtInitialised).toBe(XenbusState.Initialising);
     expect(await g.call('readDisk', { name: 'xvda' })).toBe(sha(img.data));
