@@ -46,16 +46,21 @@ export const DOMID_0 = 0 as DomId;
 
 /** Hypercall numbers. @see xen.h `__HYPERVISOR_*` */
 export const HYPERVISOR = Object.freeze({
+  set_trap_table: 0,
+  mmu_update: 1,
+  set_callbacks: 4,
   memory_op: 12,
   multicall: 13,
+  update_va_mapping: 14,
   set_timer_op: 15,
   xen_version: 17,
   grant_table_op: 20,
   vcpu_op: 24,
+  mmuext_op: 26,
   sched_op: 29,
   event_channel_op: 32,
 } as const);
-/** One of the hypercall numbers pvio serves. */
+/** One of the hypercall numbers pvio serves (the MMU ones through the CPU/MMU model, hypervisor/mmu/). */
 export type HypercallNr = (typeof HYPERVISOR)[keyof typeof HYPERVISOR];
 /** Reverse map for counters: number → name. */
 export const HYPERCALL_NAME: Readonly<Record<number, string>> = Object.freeze(

@@ -34,7 +34,7 @@ import {
 } from './abi.ts';
 import { FrameTable, type ExtentHandle, type Frame } from './frames.ts';
 import { MAX_PTE_FRAME, PhysMap } from './mmu/pagetable.ts';
-import { MMU_HYPERCALLS, MmuHost } from './mmu/host.ts';
+import { MMU_HYPERCALLS, MMU_PAGE_ARGS_BYTES, MmuHost } from './mmu/host.ts';
 import { isPortDeliverable, raiseUpcall, setPortPending } from './shared-info.ts';
 import type { BootInfo } from './boot.ts';
 import { XEN_DOMCTL_SCHEDOP, XEN_SCHEDULER, type XenDomctlSchedulerOp } from './abi.ts';
@@ -727,7 +727,7 @@ export class Hypervisor {
           if (MMU_HYPERCALLS.has(op)) {
             this.mmuOut = out;
             try {
-              result = this.mmu.serve(dom.domid, v.id, op, cmd, count, this.copyArgs(v, 0, HC_ARGS_BYTES), new DataView(v.hcDv.buffer, v.hcDv.byteOffset + HC_ARGS_OFFSET, HC_ARGS_BYTES));
+              result = this.mmu.serve(dom.domid, v.id, op, cmd, count, this.copyArgs(v, 0, MMU_PAGE_ARGS_BYTES), new DataView(v.hcDv.buffer, v.hcDv.byteOffset + HC_ARGS_OFFSET, HC_ARGS_BYTES));
             } finally {
               this.mmuOut = null;
             }

@@ -13,7 +13,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { Accounting, DEFAULT_COSTS, parseCosts } from '../hypervisor/mmu/accounting.ts';
-import { ERRNO, MMU, MMUEXT, UVMF } from '../hypervisor/mmu/abi.ts';
+import { XEN_ERRNO as ERRNO } from '../hypervisor/abi.ts';
+import { MMU, MMUEXT, UVMF } from '../hypervisor/mmu/abi.ts';
 import { DIRECTMAP, GuestKernel, KERNEL_MODES, USER_BASE, type KernelMode } from '../hypervisor/mmu/guest-kernel.ts';
 import { ModelMemory } from '../hypervisor/mmu/memory.ts';
 import { MmuHypervisor, PGT } from '../hypervisor/mmu/mmu-hypervisor.ts';

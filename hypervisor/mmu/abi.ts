@@ -6,24 +6,11 @@
  *   (struct trap_info), Intel SDM vol. 3A §6.3.1 (exception vectors)
  */
 
-/** Hypercall numbers of the model's hypercalls (`__HYPERVISOR_*`). @see xen.h */
-export const HYPERCALL = Object.freeze({
-  set_trap_table: 0,
-  mmu_update: 1,
-  set_callbacks: 4,
-  multicall: 13,
-  update_va_mapping: 14,
-  set_timer_op: 15,
-  xen_version: 17,
-  vcpu_op: 24,
-  mmuext_op: 26,
-  sched_op: 29,
-  callback_op: 30,
-} as const);
-/** Number → name, for the accounting's reasons. */
-export const HYPERCALL_NAMES: Readonly<Record<number, string>> = Object.freeze(
-  Object.fromEntries(Object.entries(HYPERCALL).map(([k, v]) => [v, k])),
-);
+/**
+ * The hypercall numbers, errno values and `DOMID_XEN` are hypervisor/abi.ts's
+ * (`HYPERVISOR`, `HYPERCALL_NAME`, `XEN_ERRNO`, `DOMID_XEN`); this file adds the MMU's
+ * own constants.
+ */
 
 /** `ptr & 3` of an mmu_update request. @see xen.h */
 export const MMU = Object.freeze({ NORMAL_PT_UPDATE: 0, MACHPHYS_UPDATE: 1, PT_UPDATE_PRESERVE_AD: 2 } as const);
@@ -43,9 +30,3 @@ export const CALLBACKTYPE = Object.freeze({ event: 0, failsafe: 1, syscall: 2 } 
 
 /** Exception vectors the model raises. @see Intel SDM vol. 3A §6.3.1 */
 export const VECTOR = Object.freeze({ GP: 13, PF: 14 } as const);
-
-/** Errno values as Xen returns them (negated). @see xen/include/public/errno.h */
-export const ERRNO = Object.freeze({ EPERM: 1, ENOENT: 2, EFAULT: 14, EBUSY: 16, EINVAL: 22, ENOSYS: 38 } as const);
-
-/** `DOMID_XEN`: the owner of the hypervisor's own frames (shadow tables). @see xen.h */
-export const DOMID_XEN = 0x7ff2;

@@ -118,6 +118,19 @@ export class Accounting {
     this.fastSyscalls += o.fastSyscalls;
   }
 
+  /** A copy of these counts. */
+  clone(): Accounting {
+    const c = new Accounting();
+    c.add(this);
+    return c;
+  }
+
+  /** Zeroes every count. */
+  reset(): void {
+    this.entries.clear();
+    this.validatedPtes = this.tlbFlushes = this.tlbInvlpgs = this.tlbMisses = this.traps = this.emulations = this.fastSyscalls = 0;
+  }
+
   /** A plain-object copy (for JSON). */
   toJSON(): Record<string, unknown> {
     return {

@@ -179,9 +179,7 @@ export class GuestKernel {
 
   /** Zeroes the vCPU's accounting and TLB counters (after boot or a setup phase). */
   resetCounters(): void {
-    const a = this.vcpu.acct;
-    a.entries.clear();
-    a.validatedPtes = a.tlbFlushes = a.tlbInvlpgs = a.tlbMisses = a.traps = a.emulations = a.fastSyscalls = 0;
+    this.vcpu.acct.reset();
   }
 
   private pageFault(f: TrapFrame): unknown {

@@ -14,7 +14,7 @@
  * @see xen/arch/x86/mm.c, xen/arch/x86/mm/shadow/multi.c
  */
 import { Accounting } from './accounting.ts';
-import { ERRNO } from './abi.ts';
+import { HYPERVISOR, XEN_ERRNO as ERRNO } from '../abi.ts';
 import type { MmuMemory } from './memory.ts';
 import { MmuHypervisor, type MmuUpdateReq, type MmuextOp, type MulticallEntry, type VcpuState } from './mmu-hypervisor.ts';
 import { PhysMap } from './pagetable.ts';
@@ -23,8 +23,16 @@ import {
   REASONS, REPLY, REPLY_RESULT_WORD, REPLY_VA_WORD, UVM_BYTES, getU64, setU64,
 } from './wire.ts';
 
+/**
+ * Bytes of a model call's arguments in the hypercall page: the extent holding the
+ * real arguments (u64 MFN, u32 length; see {@link MmuHost.serve}), or SETUP's mode.
+ */
+export const MMU_PAGE_ARGS_BYTES = 16;
+
 /** Hypercall numbers the host serves. */
-export const MMU_HYPERCALLS: ReadonlySet<number> = new Set([1, 13, 14, 26, HYPERVISOR_PVIO_MMU]);
+export const MMU_HYPERCALLS: ReadonlySet<number> = new Set([
+  HYPERVISOR.mmu_update, HYPERVISOR.multicall, HYPERVISOR.update_va_mapping, HYPERVISOR.mmuext_op, HYPERVISOR_PVIO_MMU,
+]);
 
 /** A live frame of the hypervisor's frame table, as the host needs it. */
 export interface HostFrame {
@@ -61,36 +69,28 @@ class HostVcpu implements VcpuState {
   }
 }
 
-/** {@link MmuMemory} over the hypervisor's frame table. */
+/**
+ * {@link MmuMemory} over the hypervisor's frame table. Views are made per call, not
+ * cached: a cache would keep the buffers of freed frames alive, which the frame table
+ * drops (DESIGN.md, decision 1).
+ */
 class FrameTableMemory implements MmuMemory {
-  private readonly words32 = new Map<number, Uint32Array>();
-  private readonly bytes8 = new Map<number, Uint8Array>();
   constructor(private readonly b: HostBackend) {}
   get phys(): PhysMap {
     return this.b.phys;
   }
-  private live(mfn: number): HostFrame {
+  private live(mfn: number): HostFrame & { buffer: SharedArrayBuffer } {
     const f = this.b.frame(mfn);
     if (!f || !f.buffer) throw new RangeError(`no frame ${mfn}`);
-    return f;
+    return f as HostFrame & { buffer: SharedArrayBuffer };
   }
   words(mfn: number): Uint32Array {
-    let w = this.words32.get(mfn);
-    if (!w || !this.b.frame(mfn)) {
-      const f = this.live(mfn);
-      w = new Uint32Array(f.buffer!, f.pageIndex * 4096, 1024);
-      this.words32.set(mfn, w);
-    }
-    return w;
+    const f = this.live(mfn);
+    return new Uint32Array(f.buffer, f.pageIndex * 4096, 1024);
   }
   bytes(mfn: number): Uint8Array {
-    let b = this.bytes8.get(mfn);
-    if (!b || !this.b.frame(mfn)) {
-      const f = this.live(mfn);
-      b = new Uint8Array(f.buffer!, f.pageIndex * 4096, 4096);
-      this.bytes8.set(mfn, b);
-    }
-    return b;
+    const f = this.live(mfn);
+    return new Uint8Array(f.buffer, f.pageIndex * 4096, 4096);
   }
   exists(mfn: number): boolean {
     return this.b.frame(mfn)?.buffer != null;
@@ -156,7 +156,7 @@ export class MmuHost {
     const fetched = this.copyFromGuest(domid, getU64(args, 0), args.getUint32(8, true));
     if (typeof fetched === 'number') return fetched;
     args = fetched;
-    const before = snapshot(v.acct);
+    v.acct.reset();
     v.flushes = 0;
     v.invlpgs.length = 0;
     let rc = 0;
@@ -165,35 +165,35 @@ export class MmuHost {
     let reflect = 0;
     const results: number[] = [];
     switch (op) {
-      case 1: {
+      case HYPERVISOR.mmu_update: {
         const r = this.hv.mmuUpdate(v, readUpdates(args, 0, count));
         rc = r.rc;
         done = r.done;
         break;
       }
-      case 26: {
+      case HYPERVISOR.mmuext_op: {
         const r = this.hv.mmuextOp(v, readExtOps(args, 0, count));
         rc = r.rc;
         done = r.done;
         break;
       }
-      case 14:
+      case HYPERVISOR.update_va_mapping:
         rc = this.hv.updateVaMapping(v, getU64(args, 0), args.getUint32(8, true), args.getUint32(12, true), getU64(args, 16));
         break;
-      case 13: {
+      case HYPERVISOR.multicall: {
         const calls: MulticallEntry[] = [];
         let off = 0;
         for (let i = 0; i < count; i++) {
           const callOp = args.getUint32(off, true);
           const n = args.getUint32(off + 4, true);
           off += MC_HEADER_BYTES;
-          if (callOp === 1) {
+          if (callOp === HYPERVISOR.mmu_update) {
             calls.push({ op: 'mmu_update', reqs: readUpdates(args, off, n) });
             off += n * MMU_UPDATE_BYTES;
-          } else if (callOp === 26) {
+          } else if (callOp === HYPERVISOR.mmuext_op) {
             calls.push({ op: 'mmuext_op', ops: readExtOps(args, off, n) });
             off += n * MMUEXT_OP_BYTES;
-          } else if (callOp === 14) {
+          } else if (callOp === HYPERVISOR.update_va_mapping) {
             calls.push({ op: 'update_va_mapping', va: getU64(args, off), lo: args.getUint32(off + 8, true), hi: args.getUint32(off + 12, true), flags: getU64(args, off + 16) });
             off += UVM_BYTES;
           } else return -ERRNO.ENOSYS;
@@ -243,11 +243,11 @@ export class MmuHost {
       default:
         return -ERRNO.ENOSYS;
     }
-    this.writeReply(v, before, reply, done, outcome, reflect, results);
+    this.writeReply(v, reply, done, outcome, reflect, results);
     return rc;
   }
 
-  private argCopy = new Uint8Array(65536);
+  private readonly argCopy = new Uint8Array(65536);
 
   /**
    * Copies `len` bytes of arguments from the start of `domid`'s extent at `mfn`
@@ -271,7 +271,8 @@ export class MmuHost {
     for (const k of [...this.vcpus.keys()]) if (k.startsWith(`${domid}:`)) this.vcpus.delete(k);
   }
 
-  private writeReply(v: HostVcpu, before: Accounting, reply: DataView, done: number, outcome: number, reflect: number, results: number[]): void {
+  /** Writes the answer block: the call's effect on the vCPU and its accounting (`v.acct`, zeroed when the call began). */
+  private writeReply(v: HostVcpu, reply: DataView, done: number, outcome: number, reflect: number, results: number[]): void {
     const a = v.acct;
     const w = (i: number, x: number) => reply.setUint32(i * 4, x >>> 0, true);
     w(REPLY.DONE, done);
@@ -283,37 +284,16 @@ export class MmuHost {
     w(REPLY.FLUSHES, v.flushes + (tooMany ? 1 : 0));
     w(REPLY.INVLPGS, tooMany ? 0 : v.invlpgs.length);
     if (!tooMany) v.invlpgs.forEach((va, i) => setU64(reply, (REPLY_VA_WORD + 2 * i) * 4, va));
-    w(REPLY.VALIDATED, a.validatedPtes - before.validatedPtes);
-    w(REPLY.EMULATIONS, a.emulations - before.emulations);
+    w(REPLY.VALIDATED, a.validatedPtes);
+    w(REPLY.EMULATIONS, a.emulations);
     const reasons: number[] = [];
-    for (const [k, n] of a.entries) {
-      const d = n - (before.entries.get(k) ?? 0);
-      for (let i = 0; i < d; i++) reasons.push(REASONS.indexOf(k as (typeof REASONS)[number]));
-    }
+    for (const [k, n] of a.entries) for (let i = 0; i < n; i++) reasons.push(REASONS.indexOf(k as (typeof REASONS)[number]));
     if (reasons.length > MAX_REASONS || reasons.some((r) => r < 0)) throw new Error(`an entry with reasons ${reasons.join(',')}`);
     w(REPLY.NREASONS, reasons.length);
     reasons.forEach((r, i) => w(REPLY.REASON0 + i, r));
     results.forEach((r, i) => reply.setInt32((REPLY_RESULT_WORD + i) * 4, r, true));
-    // The domain's totals.
-    const total = this.perDomain.get(v.domid)!;
-    const delta = new Accounting();
-    for (const [k, n] of a.entries) {
-      const d = n - (before.entries.get(k) ?? 0);
-      if (d > 0) delta.entries.set(k, d);
-    }
-    delta.validatedPtes = a.validatedPtes - before.validatedPtes;
-    delta.tlbFlushes = a.tlbFlushes - before.tlbFlushes;
-    delta.tlbInvlpgs = a.tlbInvlpgs - before.tlbInvlpgs;
-    delta.traps = a.traps - before.traps;
-    delta.emulations = a.emulations - before.emulations;
-    total.add(delta);
+    this.perDomain.get(v.domid)!.add(a);
   }
-}
-
-function snapshot(a: Accounting): Accounting {
-  const s = new Accounting();
-  s.add(a);
-  return s;
 }
 
 function readUpdates(dv: DataView, off: number, n: number): MmuUpdateReq[] {

@@ -11,6 +11,7 @@
  */
 import type { BatchResult, FaultOutcome, MmuPort, MmuUpdateReq, MmuextOp, MulticallEntry, PrivilegedInsn, VcpuState } from './mmu-hypervisor.ts';
 import type { Access } from './pagetable.ts';
+import { HYPERVISOR, XEN_ERRNO } from '../abi.ts';
 import { GuestKernel, type KernelMode } from './guest-kernel.ts';
 import type { SyscallHandler } from './vcpu.ts';
 import {
@@ -111,7 +112,7 @@ export class HostedMmu implements MmuPort {
     this.page.setUint32(ARGS + 8, len, true);
     const rc = this.hc.call(op, cmd, count).result;
     const a = new DataView(this.page.buffer, this.page.byteOffset + ARGS, 4096 - ARGS);
-    if (rc === -38 && op !== 1 && op !== 26) throw new HostedMmuError(`the hypervisor does not serve the MMU model's call ${op}/${cmd}`);
+    if (rc === -XEN_ERRNO.ENOSYS && op !== HYPERVISOR.mmu_update && op !== HYPERVISOR.mmuext_op) throw new HostedMmuError(`the hypervisor does not serve the MMU model's call ${op}/${cmd}`);
     const r = (i: number) => a.getUint32(i * 4, true);
     const cr3 = getU64(a, REPLY.CR3_LO * 4);
     const hw = getU64(a, REPLY.HWCR3_LO * 4);
@@ -154,20 +155,19 @@ export class HostedMmu implements MmuPort {
   mmuUpdate(v: VcpuState, reqs: readonly MmuUpdateReq[]): BatchResult {
     const max = Math.floor(this.argDv.byteLength / MMU_UPDATE_BYTES);
     let done = 0;
-    while (done < reqs.length || (reqs.length === 0 && done === 0)) {
+    do {
       const part = reqs.slice(done, done + max);
-      const len = this.writeUpdates(this.dv(), 0, part);
-      const { rc, a } = this.call(v, 1, 0, part.length, len);
+      const { rc, a } = this.call(v, HYPERVISOR.mmu_update, 0, part.length, this.writeUpdates(this.dv(), 0, part));
       done += a.getUint32(REPLY.DONE * 4, true);
-      if (rc < 0 || part.length === 0) return { rc: Math.min(rc, 0), done };
-    }
+      if (rc < 0) return { rc, done };
+    } while (done < reqs.length);
     return { rc: 0, done };
   }
 
   /** @see MmuPort.mmuextOp */
   mmuextOp(v: VcpuState, ops: readonly MmuextOp[]): BatchResult {
     const len = this.writeExtOps(this.dv(), 0, ops);
-    const { rc, a } = this.call(v, 26, 0, ops.length, len);
+    const { rc, a } = this.call(v, HYPERVISOR.mmuext_op, 0, ops.length, len);
     return { rc: Math.min(rc, 0), done: a.getUint32(REPLY.DONE * 4, true) };
   }
 
@@ -178,7 +178,7 @@ export class HostedMmu implements MmuPort {
     dv.setUint32(8, lo >>> 0, true);
     dv.setUint32(12, hi >>> 0, true);
     setU64(dv, 16, flags);
-    return this.call(v, 14, 0, 1, UVM_BYTES).rc;
+    return this.call(v, HYPERVISOR.update_va_mapping, 0, 1, UVM_BYTES).rc;
   }
 
   /**
@@ -194,7 +194,7 @@ export class HostedMmu implements MmuPort {
     for (const c of calls) {
       const n = c.op === 'mmu_update' ? c.reqs.length : c.op === 'mmuext_op' ? c.ops.length : 1;
       room(MC_HEADER_BYTES + n * (c.op === 'mmu_update' ? MMU_UPDATE_BYTES : MMUEXT_OP_BYTES));
-      dv.setUint32(off, c.op === 'mmu_update' ? 1 : c.op === 'mmuext_op' ? 26 : 14, true);
+      dv.setUint32(off, HYPERVISOR[c.op], true);
       dv.setUint32(off + 4, n, true);
       off += MC_HEADER_BYTES;
       if (c.op === 'mmu_update') off = this.writeUpdates(dv, off, c.reqs);
@@ -207,7 +207,7 @@ export class HostedMmu implements MmuPort {
         off += UVM_BYTES;
       }
     }
-    const { rc, a } = this.call(v, 13, 0, calls.length, off);
+    const { rc, a } = this.call(v, HYPERVISOR.multicall, 0, calls.length, off);
     if (rc < 0) return calls.map(() => rc);
     return calls.map((_, i) => a.getInt32((REPLY_RESULT_WORD + i) * 4, true));
   }

@@ -8,7 +8,7 @@
  * model hosted in the hypervisor thread can share them with vCPUs in domain workers.
  * A frame given back is forgotten, never reused for another owner.
  */
-import { DOMID_XEN } from './abi.ts';
+import { DOMID_XEN } from '../abi.ts';
 import { PhysMap } from './pagetable.ts';
 
 /** A frame's views: 1024 u32 words (page-table entries as halves) and 4096 bytes. */
@@ -121,11 +121,6 @@ export class ModelMemory implements MmuMemory {
   grant(owner: number, grantee: number, mfn: number, readonly: boolean): void {
     if (this.owners.get(mfn) !== owner) throw new Error(`dom${owner} does not own mfn ${mfn}`);
     this.grants.set(`${grantee}:${mfn}`, !readonly);
-  }
-
-  /** Ends a grant made with {@link grant}. */
-  endGrant(grantee: number, mfn: number): void {
-    this.grants.delete(`${grantee}:${mfn}`);
   }
 
   /** Whether `domid` may map `mfn` (`writable` or read-only): it owns it, or was granted it so. */

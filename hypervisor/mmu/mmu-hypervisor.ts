@@ -34,7 +34,8 @@
  *   xen/include/public/xen.h
  */
 import { Accounting } from './accounting.ts';
-import { ERRNO, HYPERCALL_NAMES, MMU, MMUEXT, UVMF, VECTOR } from './abi.ts';
+import { HYPERCALL_NAME, XEN_ERRNO as ERRNO } from '../abi.ts';
+import { MMU, MMUEXT, UVMF } from './abi.ts';
 import type { MmuMemory } from './memory.ts';
 import { PF, PTE, PTE_HI_NX, PT_ENTRIES, VA_LIMIT, isReserved, pteFrame, vaParts, type Access } from './pagetable.ts';
 
@@ -456,7 +457,7 @@ export class MmuHypervisor implements MmuPort {
 
   /** Counts a hypercall that carries no MMU work (e.g. `xen_version` to force an event callback). */
   enterHypercall(v: VcpuState, nr: number): void {
-    v.acct.enter(`hypercall:${HYPERCALL_NAMES[nr] ?? nr}`);
+    v.acct.enter(`hypercall:${HYPERCALL_NAME[nr] ?? nr}`);
   }
 
   /** The L1 table (MFN) that maps `va` under `cr3` (MFNs in every entry), or undefined when a level is missing. */
@@ -696,4 +697,3 @@ export class MmuHypervisor implements MmuPort {
   }
 }
 
-export { VECTOR };

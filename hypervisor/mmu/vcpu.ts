@@ -21,7 +21,8 @@
  *   Intel SDM vol. 3A §6.15 (#GP, #PF)
  */
 import { Accounting } from './accounting.ts';
-import { ERRNO, HYPERCALL, VECTOR } from './abi.ts';
+import { HYPERVISOR as HYPERCALL, XEN_ERRNO as ERRNO } from '../abi.ts';
+import { VECTOR } from './abi.ts';
 import type { MmuPort, MmuUpdateReq, MmuextOp, MulticallEntry, BatchResult, PrivilegedInsn, VcpuState } from './mmu-hypervisor.ts';
 import { SoftTlb, VA_LIMIT, isReserved, type Access, type FrameWords } from './pagetable.ts';
 

@@ -140,7 +140,7 @@ export function runOn(k: GuestKernel, workload: WorkloadName, sizes: WorkloadSiz
       }
     });
     t1 = performance.now();
-    counted = snapshotAt(v.acct);
+    counted = v.acct.clone();
     k.protectUser(p, USER_BASE);
     const probe = (fn: () => void) => {
       try {
@@ -182,7 +182,7 @@ export function runOn(k: GuestKernel, workload: WorkloadName, sizes: WorkloadSiz
       });
     }
     t1 = performance.now();
-    counted = snapshotAt(v.acct);
+    counted = v.acct.clone();
     for (let j = 0; j < procs; j++) {
       k.switchTo(ps[j].l4);
       v.user(() => {
@@ -197,7 +197,7 @@ export function runOn(k: GuestKernel, workload: WorkloadName, sizes: WorkloadSiz
       for (let i = 0; i < sizes.n; i++) last = v.syscall(SYS_GETCOUNT) as number;
     });
     t1 = performance.now();
-    counted = snapshotAt(v.acct);
+    counted = v.acct.clone();
     if (last !== sizes.n) throw new Error(`${mode}: the counter reads ${last} after ${sizes.n} calls`);
     hash.update(String(last));
   }
@@ -210,10 +210,4 @@ export function runOn(k: GuestKernel, workload: WorkloadName, sizes: WorkloadSiz
     entries: Object.fromEntries([...a.entries].sort()), fastSyscalls: a.fastSyscalls, emulations: a.emulations,
     guestView: { memory: hash.digest('hex'), faults: k.faults.map(([va, ec]) => [va, ec]) },
   };
-}
-
-function snapshotAt(a: Accounting): Accounting {
-  const s = new Accounting();
-  s.add(a);
-  return s;
 }
