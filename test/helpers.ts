@@ -72,6 +72,25 @@ export function captureDom0Console(lines: string[]): () => void {
 }
 
 /**
+ * A measuring window for the backend share tests: waits 300 ms to settle, then
+ * returns what `served()` ([a's, b's] running counts) grew by over one second.
+ */
+export function shareWindow(served: () => Promise<[number, number]>): () => Promise<[number, number]> {
+  return async () => {
+    await new Promise((r) => setTimeout(r, 300));
+    const x = await served();
+    await new Promise((r) => setTimeout(r, 1000));
+    const y = await served();
+    return [y[0] - x[0], y[1] - x[1]];
+  };
+}
+
+/** a's share over b's of a window (b's counted as at least 1). */
+export function shareRatio([x, y]: [number, number]): number {
+  return x / Math.max(1, y);
+}
+
+/**
  * The weight steps both backend share tests take, each followed by one `window()`
  * measuring what dom0 served guests `a` and `b` ([a's, b's]): a at 512 (a gets 1.5–2.7×
  * b's), then b at 512 too (within 1.3× on the weighted path), then a back at 256 (b gets
@@ -81,7 +100,7 @@ export function captureDom0Console(lines: string[]): () => void {
 export async function checkWeightedShares(m: Machine, a: number, b: number, window: () => Promise<[number, number]>, minServed: number):
   Promise<{ heavyA: [number, number]; both: [number, number]; heavyB: [number, number] }> {
   const { expect } = await import('vitest');
-  const ratio = ([x, y]: [number, number]) => x / Math.max(1, y);
+  const ratio = shareRatio;
   await m.setSchedParams(a, { weight: 512 });
   const heavyA = await window();
   expect(Math.min(...heavyA), `served ${heavyA}`).toBeGreaterThan(minServed);

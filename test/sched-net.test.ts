@@ -12,42 +12,19 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { MockFrontend, MockMachine } from '../testing/index.ts';
-import { NetbackQueue, NetbackScheduler, TX_BATCH } from '../netback/netback.ts';
-import { NETIF_RX_REQUEST, NETIF_RX_RING_ENTRY_SIZE, NETIF_TX_REQUEST, NETIF_TX_RING_ENTRY_SIZE } from '../rings/netif.ts';
+import { NetbackScheduler, TX_BATCH } from '../netback/netback.ts';
+import { mockVif, txRequest } from './mock-vif.ts';
+import { NETIF_RX_REQUEST, NETIF_RX_RING_ENTRY_SIZE } from '../rings/netif.ts';
 import { CSCHED_DEFAULT_WEIGHT } from '../hypervisor/abi.ts';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
-import { checkWeightedShares, guestPath } from './helpers.ts';
+import { checkWeightedShares, shareRatio, shareWindow, guestPath } from './helpers.ts';
 
-const TX = NETIF_TX_REQUEST.fields;
 const RXQ = NETIF_RX_REQUEST.fields;
-
-/** A tx request: one slot of `size` bytes at offset 0 of `gref`. */
-function txRequest(gref: number, id: number, size: number): Uint8Array {
-  const b = new Uint8Array(NETIF_TX_RING_ENTRY_SIZE);
-  const d = new DataView(b.buffer);
-  d.setUint32(TX.gref.offset, gref, true);
-  d.setUint16(TX.id.offset, id, true);
-  d.setUint16(TX.size.offset, size, true);
-  return b;
-}
 
 describe('netback: a pass bounded by its budget, in packets', () => {
   it('a budget bounds tx + rx; frames waiting for the guest keep up to half; no budget is the unweighted pass', () => {
-    const mm = new MockMachine();
-    const fe = mm.dom(1);
-    const be = mm.dom(0);
-    const tx = new MockFrontend(fe, 0, NETIF_TX_RING_ENTRY_SIZE);
-    const rx = new MockFrontend(fe, 0, NETIF_RX_RING_ENTRY_SIZE);
-    const [mt, mr] = be.gnttab.map([{ domid: 1, ref: tx.ref, readonly: false }, { domid: 1, ref: rx.ref, readonly: false }]);
-    const fport = fe.evtchn.allocUnbound(0);
-    const bport = be.evtchn.bindInterdomain(1, fport);
     let delivered = 0;
-    const errors: Error[] = [];
-    const q = new NetbackQueue({
-      name: 'vif1.0', frontDomid: 1, txMem: mt.page!, rxMem: mr.page!, txPort: bport, rxPort: bport, persistent: true, sg: true,
-      csumOffload: true, rate: null, deliver: () => delivered++, onError: (e) => errors.push(e), kick: () => undefined,
-    }, be.asEventChannels(), be.asGrantTable(), be.asMemory());
+    const { fe, tx, rx, q, errors } = mockVif(true, () => delivered++);
     expect(q.frontDomid).toBe(1);
 
     const data = fe.memory.allocPage();
@@ -136,14 +113,8 @@ describe('dom0 serves guests\' vifs by their weights', () => {
         return [s.vifs[vifName(a)].txPackets, s.vifs[vifName(b)].txPackets];
       };
       /** Packets dom0 forwarded from each guest over one second, after a settling time. */
-      const window = async (): Promise<[number, number]> => {
-        await sleep(300);
-        const x = await served();
-        await sleep(1000);
-        const y = await served();
-        return [y[0] - x[0], y[1] - x[1]];
-      };
-      const ratio = ([x, y]: [number, number]) => x / Math.max(1, y);
+      const window = shareWindow(served);
+      const ratio = shareRatio;
 
       const equal = await window();
       // At 20 µs a frame dom0 forwards at most 50 k frames/s; well below that and something else is the bottleneck.

@@ -28,7 +28,7 @@ import { DomctlError, Machine, type GuestHandle } from '../toolstack/machine.ts'
 import { ControlServer } from '../toolstack/control.ts';
 import { machineHandlers } from '../toolstack/control-ops.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
-import { checkWeightedShares, guestPath, randomImage } from './helpers.ts';
+import { checkWeightedShares, shareRatio, shareWindow, guestPath, randomImage } from './helpers.ts';
 
 // ---------------------------------------------------------------------------
 // The hypervisor's decision, on its own
@@ -324,14 +324,8 @@ describe('dom0 serves guests\' disks by their weights', () => {
         return [s.disks['ra/xvda'].requests, s.disks['rb/xvda'].requests];
       };
       /** Requests dom0 served each guest over one second, after a settling time. */
-      const window = async (): Promise<[number, number]> => {
-        await sleep(300);
-        const x = await served();
-        await sleep(1000);
-        const y = await served();
-        return [y[0] - x[0], y[1] - x[1]];
-      };
-      const ratio = ([x, y]: [number, number]) => x / Math.max(1, y);
+      const window = shareWindow(served);
+      const ratio = shareRatio;
 
       const equal = await window();
       expect(Math.min(...equal), `served ${equal}`).toBeGreaterThan(200);

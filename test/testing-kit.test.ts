@@ -1,55 +1,29 @@
 // pvio/testing (testing/index.ts): a driver tested in process against mocks of the
 // other side, no domains. netback's data path (NetbackQueue) in both modes is fed
-// raw tx requests by a MockFrontend and answers them; its grant copies and mappings
+// raw tx requests by a MockFrontend (test/mock-vif.ts) and answers them; its grant copies and mappings
 // go through a MockMachine's grant tables (a ref never granted is refused with
 // GNTST_bad_gntref, so the packet gets NETIF_RSP_ERROR); a frame for the guest lands
 // in the rx buffer the mock frontend posted, answered in its slot. A MockBackend
 // answers a FrontRing's requests for a made-up layout (a frontend tested alone), and
 // event channels between mock domains run the peer's handler.
 import { describe, expect, it } from 'vitest';
-import { MockBackend, MockFrontend, MockMachine } from '../testing/index.ts';
-import { NetbackQueue } from '../netback/netback.ts';
+import { MockBackend, MockMachine } from '../testing/index.ts';
+import { mockVif, txRequest } from './mock-vif.ts';
 import {
-  NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETIF_RX_REQUEST, NETIF_RX_RESPONSE, NETIF_RX_RING_ENTRY_SIZE, NETIF_TX_REQUEST, NETIF_TX_RESPONSE,
-  NETIF_TX_RING_ENTRY_SIZE,
+  NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETIF_RX_REQUEST, NETIF_RX_RESPONSE, NETIF_RX_RING_ENTRY_SIZE, NETIF_TX_RESPONSE,
 } from '../rings/netif.ts';
 import { FrontRing } from '../rings/ring.ts';
 import { defineLayout, field } from '../rings/layout.ts';
 import { PAGE_SIZE, type GrantRef } from '../hypervisor/abi.ts';
 
-const TX = NETIF_TX_REQUEST.fields;
 const RX = NETIF_RX_REQUEST.fields;
-
-function txRequest(gref: number, id: number, size: number): Uint8Array {
-  const b = new Uint8Array(NETIF_TX_RING_ENTRY_SIZE);
-  const d = new DataView(b.buffer);
-  d.setUint32(TX.gref.offset, gref, true);
-  d.setUint16(TX.offset.offset, 0, true);
-  d.setUint16(TX.flags.offset, 0, true);
-  d.setUint16(TX.id.offset, id, true);
-  d.setUint16(TX.size.offset, size, true);
-  return b;
-}
 
 describe.each([{ persistent: false }, { persistent: true }])('NetbackQueue against a mock frontend, persistent $persistent', ({ persistent }) => {
   it('forwards a good packet, refuses a bad grant, and delivers a frame into a posted rx buffer', () => {
-    const mm = new MockMachine();
-    const fe = mm.dom(1);
-    const be = mm.dom(0);
-    const tx = new MockFrontend(fe, 0, NETIF_TX_RING_ENTRY_SIZE);
-    const rx = new MockFrontend(fe, 0, NETIF_RX_RING_ENTRY_SIZE);
-    const [mt, mr] = be.gnttab.map([{ domid: 1, ref: tx.ref, readonly: false }, { domid: 1, ref: rx.ref, readonly: false }]);
-    const fport = fe.evtchn.allocUnbound(0);
-    const bport = be.evtchn.bindInterdomain(1, fport);
+    const delivered: Uint8Array[] = [];
+    const { fe, be, tx, rx, fport, q, errors } = mockVif(persistent, (f) => delivered.push(f.slice()));
     let frontendEvents = 0;
     fe.evtchn.on(fport, () => frontendEvents++);
-    const delivered: Uint8Array[] = [];
-    const errors: Error[] = [];
-    const q = new NetbackQueue({
-      name: 'vif1.0', frontDomid: 1, txMem: mt.page!, rxMem: mr.page!, txPort: bport, rxPort: bport, persistent, sg: true,
-      csumOffload: true, rate: null, deliver: (f) => delivered.push(f.slice()), onError: (e) => errors.push(e), kick: () => undefined,
-    }, be.asEventChannels(), be.asGrantTable(), be.asMemory());
-
     // A 60-byte frame in a page granted read-only to the backend, and a request naming a ref never granted.
     const data = fe.memory.allocPage();
     for (let i = 0; i < 60; i++) data.bytes[i] = (i * 7) & 0xff;
