@@ -47,8 +47,7 @@ import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import { parseDiskSpec } from '../toolstack/config.ts';
 import {
   BENCH_SPIN_TOKENS, benchOptionsOrExit, BenchWorker, formatSig, machineInfo, meets, median, pairwiseRatioMedian, pairwiseRatios, percentile,
-  parseBenchArgs, restoreSpinTokens, svgChart, type ChartSeries, type MachineInfo, type RatioResult,
-} from './harness.ts';
+  parseBenchArgs, restoreSpinTokens, svgChart, type ChartSeries, type MachineInfo, type RatioResult, writeJsonReport } from './harness.ts';
 import { NbdSuite, type NbdImpl } from './blk-nbd.ts';
 import type { BlkJob, BlkJobResult, BlkPattern } from './guests/blk-guest.ts';
 import type { BaselineResult } from './workers/blk-baseline-worker.ts';
@@ -931,7 +930,7 @@ export async function benchBlk(argv: string[]): Promise<number> {
   ];
   process.stdout.write(out.join('\n'));
   try {
-    if (o.json) writeFileSync(o.json, JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
+    if (o.json) writeJsonReport(o.json, report);
     if (o.svg) {
       writeFileSync(o.svg, svgChart(chartSeries(rows), `pvio bench blk: 4 KiB random I/O, IOPS vs requests in flight (Node ${machine.node}, ${machine.cpus} CPUs)`,
         'solid: pvio variants; dashed: readSync (one at a time) and FileHandle; page cache unless marked O_DIRECT; the other rows are in the table'));

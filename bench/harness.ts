@@ -623,8 +623,8 @@ export interface BenchReport {
   readonly notes: string[];
 }
 
-/** Writes the report as pretty JSON (non-finite numbers become null). */
-export function writeJsonReport(file: string, report: BenchReport): void {
+/** Writes a benchmark's report as pretty JSON (non-finite numbers become null). */
+export function writeJsonReport(file: string, report: unknown): void {
   writeFileSync(file, JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
 }
 

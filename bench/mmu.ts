@@ -30,7 +30,7 @@ import { Machine } from '../toolstack/machine.ts';
 import { fileURLToPath } from 'node:url';
 
 const MMU_GUEST = fileURLToPath(new URL('./guests/mmu-guest.ts', import.meta.url));
-import { benchOptionsOrExit, formatSig, machineInfo, median, pairwiseRatioMedian, parseBenchArgs } from './harness.ts';
+import { benchOptionsOrExit, formatSig, machineInfo, median, pairwiseRatioMedian, parseBenchArgs, writeJsonReport } from './harness.ts';
 
 /** Usage text of `pvio bench mmu`. */
 export const BENCH_MMU_USAGE = `usage: pvio bench mmu [--json FILE] [--svg FILE] [--rounds N] [--quick] [--one-thread]
@@ -313,7 +313,7 @@ export async function benchMmu(argv: string[]): Promise<number> {
     },
     rows, ratios, durationMs, notes,
   };
-  if (o.json) writeFileSync(o.json, JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
+  if (o.json) writeJsonReport(o.json, report);
   if (o.svg) writeFileSync(o.svg, await chart(rows, `pvio bench mmu: ${sizes} (Node ${machine.node})`));
   return 0;
 }

@@ -45,8 +45,7 @@ import { SpinTokens } from '../hypervisor/spin.ts';
 import { Machine, type GuestHandle } from '../toolstack/machine.ts';
 import {
   BENCH_SPIN_TOKENS, benchOptionsOrExit, BenchWorker, formatSig, machineInfo, median, meets, pairwiseRatios, parseBenchArgs, restoreSpinTokens, svgChart,
-  type ChartSeries, type MachineInfo, type RatioResult,
-} from './harness.ts';
+  type ChartSeries, type MachineInfo, type RatioResult, writeJsonReport } from './harness.ts';
 import type { NetGuestInfo, RxResult, TxArgs, TxResult } from './guests/net-guest.ts';
 import { macBytes } from './guests/net-guest.ts';
 import {
@@ -794,7 +793,7 @@ export async function benchNet(argv: string[]): Promise<number> {
   ];
   process.stdout.write(out.join('\n'));
   try {
-    if (o.json) writeFileSync(o.json, JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
+    if (o.json) writeJsonReport(o.json, report);
     if (o.svg) {
       const svg = svgChart(chartSeries(rows), `pvio bench net: zero-drop packets/s vs frame size (Node ${machine.node}, ${machine.cpus} CPUs)`,
         'solid: pvio (data path, queues); dashed: MessagePort relay and minimal SAB ring relay; sender → switch → receiver')
